@@ -1,0 +1,1 @@
+"""The authorization core: Okta API Access Management semantics (DESIGN §3). Knows nothing of proxying."""
