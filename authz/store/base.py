@@ -67,7 +67,7 @@ class IssuedToken:
     refresh_id: str | None = None
     """The refresh token this access token was minted with, if any (revoking it revokes these)."""
     seq: int = 0
-    """Position in the issued-token order, assigned by the store; watermarks compare against it."""
+    """Position in the issued-token order (``allocate_token_seq``); watermarks compare against it."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +163,11 @@ class StoreTx(Protocol):
 
     def set_key_status(self, as_id: str, kid: str, status: KeyStatus) -> None: ...
 
-    def record_token(self, token: IssuedToken) -> IssuedToken:
-        """Store the record and return it with its ``seq``."""
+    def record_token(self, token: IssuedToken) -> None:
+        """Store the record (its ``seq`` was allocated with ``allocate_token_seq``)."""
 
-    def put_refresh_token(self, token: RefreshToken) -> RefreshToken:
-        """Insert or replace (by id); returns it with its ``seq`` set on insert."""
+    def put_refresh_token(self, token: RefreshToken) -> None:
+        """Insert or replace (by id)."""
 
     def put_code(self, code: AuthorizationCode) -> None: ...
 
@@ -183,8 +183,13 @@ class StoreTx(Protocol):
 
     def append_log(self, event: dict[str, Any], published: float) -> int: ...
 
+    def allocate_token_seq(self) -> int:
+        """The next position in the issued-token order (strictly increasing, shared by access, ID and
+        refresh tokens). The minting code allocates it first and embeds it in the jti (``authz.jti``), so
+        that a proxy can compare a token with a watermark from the token's claims alone."""
+
     def current_token_seq(self) -> int:
-        """The highest issued-token seq so far (a watermark's ``before_seq``: everything ≤ it is revoked)."""
+        """The highest seq allocated so far (a watermark's ``before_seq``: every token ≤ it is revoked)."""
 
 
 class Store(StoreTx, Protocol):
