@@ -1,0 +1,35 @@
+"""What every core endpoint needs, built once by the process wiring (``proxy/server.py``) and passed in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from config.schema import ScopegateConfig
+
+if TYPE_CHECKING:
+    from authz.revocation import RevocationState
+    from authz.store.base import Store
+    from authz.syslog import SystemLog
+
+
+async def _no_refresh() -> None:
+    return None
+
+
+@dataclass
+class CoreContext:
+    config: ScopegateConfig
+    """The configuration the process started with (issuer base URL, admin tokens, listeners)."""
+    store: Store
+    syslog: SystemLog
+    revocation: RevocationState
+    now: Callable[[], float] = time.time
+    refresh_revocations: Callable[[], Awaitable[None]] = field(default=_no_refresh)
+    """Apply the change feed now. A revoking endpoint awaits it after committing, so that the proxy in
+    the same process refuses the token before the revoking request returns (issue 4)."""
+
+    def issuer_for(self, as_id: str) -> str:
+        return self.config.issuer_for(as_id)
