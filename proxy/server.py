@@ -1,0 +1,269 @@
+"""Process wiring for ``scopegate run``: one process, three listeners (DESIGN §1).
+
+The listeners share one event loop: the proxy (a bare ASGI callable, the hot path), the core (OAuth
+endpoints, management API, system log) and ops (health, readiness, metrics). Sockets are bound before
+anything is served, so that a port in use is one clear line and a non-zero exit. SIGTERM and SIGINT
+drain in-flight requests and stop; SIGHUP reloads the config file, keeping the running configuration
+when the new one is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from authz.app import build_core_app
+from authz.context import CoreContext
+from authz.errors import ScopegateError
+from authz.feed import FeedPoller
+from authz.reconcile import reconcile
+from authz.revocation import RevocationState
+from authz.store import Store, open_store
+from authz.syslog import SystemLog
+from config import ConfigError, load_config
+from config.schema import ScopegateConfig
+from proxy.app import ProxyApp
+from proxy.keys import build_key_resolver
+from proxy.metrics import ProxyMetrics
+from proxy.ops import Check, build_ops_app
+
+EXIT_STARTUP = 2
+
+
+class StartupError(Exception):
+    """A reason the process cannot start, printed as one line."""
+
+
+@dataclass
+class Listener:
+    name: str
+    address: str
+    app: Any
+    tls: bool = False
+    sock: socket.socket | None = None
+    server: uvicorn.Server | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def bind(name: str, address: str) -> socket.socket:
+    host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {address} for the {name} listener: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def identify_issuers(cfg: ScopegateConfig) -> dict[str, str]:
+    """Issuer URL → local AS id, for the revocation state (remote issuers are not ours to watermark)."""
+    return {cfg.issuer_for(s.id): s.id for s in cfg.authorization_servers if s.remote is None}
+
+
+class Scopegate:
+    """The running process: owns the store, the revocation state, the apps and the listeners."""
+
+    def __init__(self, cfg: ScopegateConfig, config_path: str | None, out: TextIO = sys.stdout,
+                 now: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.out = out
+        self.now = now
+        self.stop_event = asyncio.Event()
+        self.listeners: list[Listener] = []
+        self.store: Store | None = None
+        self.poller: FeedPoller | None = None
+        self.proxy_app: ProxyApp | None = None
+
+    # ------------------------------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        # Bind first: nothing is written anywhere if a port is taken.
+        listens = [("proxy", cfg.listen.proxy), ("ops", cfg.listen.ops)]
+        if cfg.listen.core != "off":
+            listens.insert(1, ("core", cfg.listen.core))
+        socks = {name: bind(name, address) for name, address in listens}
+        try:
+            await self._build(socks)
+        except BaseException:
+            for sock in socks.values():
+                sock.close()
+            raise
+
+    async def _build(self, socks: dict[str, socket.socket]) -> None:
+        cfg = self.cfg
+        try:
+            store = await asyncio.to_thread(open_store, cfg.store)
+        except ScopegateError as exc:
+            raise StartupError(exc.description or str(exc)) from None
+        self.store = store
+        syslog = SystemLog(self.out)
+        await asyncio.to_thread(reconcile, store, cfg, self.now(), syslog)
+
+        revocation = RevocationState(identify_issuers(cfg), now=self.now, max_staleness=cfg.revocation.max_staleness)
+        self.poller = FeedPoller(store, revocation, interval=cfg.revocation.poll_interval)
+        await asyncio.to_thread(self.poller.poll_once)
+
+        registry = CollectorRegistry()
+        metrics = ProxyMetrics(registry)
+        keys = build_key_resolver(cfg, store)
+        self.proxy_app = ProxyApp(cfg, keys, revocation, metrics, log_stream=self.out, now=self.now)
+        await self.proxy_app.startup()
+
+        ctx = CoreContext(config=cfg, store=store, syslog=syslog, revocation=revocation, now=self.now,
+                          refresh_revocations=self.poller.poll_now)
+        checks = [
+            Check("store", lambda: _ping(store)),
+            Check("revocation_feed", lambda: "stale" if revocation.is_stale(self.now()) else None),
+        ]
+        apps: dict[str, Any] = {"proxy": self.proxy_app, "ops": build_ops_app(registry, checks)}
+        if "core" in socks:
+            apps["core"] = build_core_app(ctx)
+        tls_names = set(cfg.listen.tls_listeners) if cfg.listen.tls else set()
+        for name, sock in socks.items():
+            listener = Listener(name, sock.getsockname()[0], apps[name], tls=name in tls_names, sock=sock)
+            await self._serve(listener)
+            self.listeners.append(listener)
+        self.poller_task = asyncio.create_task(self.poller.run())
+
+    async def _serve(self, listener: Listener) -> None:
+        tls = self.cfg.listen.tls if listener.tls else None
+        config = uvicorn.Config(
+            listener.app,
+            lifespan="off",
+            http="httptools",
+            loop="none",
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            date_header=True,
+            timeout_graceful_shutdown=30,
+            ssl_certfile=tls.cert_file if tls else None,
+            ssl_keyfile=tls.key_file if tls else None,
+            h11_max_incomplete_event_size=self.cfg.proxy.limits.max_header_bytes,
+        )
+        try:
+            config.load()
+        except Exception as exc:  # e.g. an unreadable TLS certificate
+            raise StartupError(f"cannot start the {listener.name} listener: {exc}") from None
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        assert listener.sock is not None
+        await server.startup(sockets=[listener.sock])
+        listener.server = server
+        listener.tasks.append(asyncio.create_task(server.main_loop()))
+
+    # ------------------------------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        addresses = ", ".join(f"{lst.name} {self._url(lst)}" for lst in self.listeners)
+        print(f"scopegate: serving {addresses}", file=sys.stderr, flush=True)
+        await self.stop_event.wait()
+        await self.stop()
+
+    def _url(self, listener: Listener) -> str:
+        assert listener.sock is not None
+        host, port = listener.sock.getsockname()[:2]
+        scheme = "https" if listener.tls else "http"
+        return f"{scheme}://{host}:{port}"
+
+    async def reload(self) -> None:
+        """SIGHUP: reload the file; an invalid one leaves the running configuration in place."""
+        if self.config_path is None or self.store is None:
+            return
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            print(f"scopegate: reload refused, keeping the running configuration:\n{exc}", file=sys.stderr, flush=True)
+            return
+        report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
+        if self.poller is not None:
+            await self.poller.poll_now()
+        if self.proxy_app is not None and hasattr(self.proxy_app, "reconfigure"):
+            self.proxy_app.reconfigure(cfg)
+        self.cfg = cfg
+        print(f"scopegate: reloaded {self.config_path} ({len(report.created)} created, {len(report.updated)} updated, "
+              f"{len(report.deleted)} deleted, {len(report.overwritten)} API changes overwritten)", file=sys.stderr, flush=True)
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, let in-flight requests finish, then close the upstream pool and the store."""
+        await asyncio.gather(*(lst.server.shutdown() for lst in self.listeners if lst.server is not None))
+        for lst in self.listeners:
+            if lst.server is not None:
+                lst.server.should_exit = True
+            for task in lst.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if hasattr(self, "poller_task"):
+            self.poller_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.poller_task
+        if self.proxy_app is not None:
+            await self.proxy_app.shutdown()
+        if self.store is not None:
+            self.store.close()
+
+
+def _ping(store: Store) -> str | None:
+    try:
+        store.ping()
+    except ScopegateError as exc:
+        return exc.description or "unreachable"
+    return None
+
+
+def run(config_path: str | None) -> int:
+    """``scopegate run``: returns the exit status."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(f"scopegate: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    if config_path is None:
+        Path(".scopegate").mkdir(exist_ok=True)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        runner: Callable[..., Any] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(_main(cfg, config_path))
+    except StartupError as exc:
+        print(f"scopegate: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _main(cfg: ScopegateConfig, config_path: str | None) -> None:
+    gate = Scopegate(cfg, config_path)
+    await gate.start()
+    await gate.run()
