@@ -153,7 +153,7 @@ def _build(node: yaml.Node, path: Path, lines: dict[Path, int], issues: list[Con
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), lines, issues, env) for i, item in enumerate(node.value)]
     # A scalar: let PyYAML resolve its type, then substitute environment references in strings.
-    value = yaml.SafeLoader(b"").construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    value = yaml.SafeLoader(b"").construct_object(node, deep=True)
     if isinstance(value, str) and "${" in value:
         return _substitute(value, path, node.start_mark.line + 1, issues, env)
     return value

@@ -111,7 +111,7 @@ class Listen(Model):
     """``off`` switches the co-located core off (DESIGN §1): the proxy then trusts remote issuers only."""
     ops: str = "127.0.0.1:9090"
     tls: TlsConfig | None = None
-    tls_listeners: list[Literal["proxy", "core", "ops"]] = Field(default_factory=lambda: ["core"])
+    tls_listeners: list[Literal["proxy", "core", "ops"]] = Field(default_factory=lambda: ["core"])  # type: ignore[arg-type]
 
     @field_validator("proxy", "core", "ops")
     @classmethod
@@ -471,7 +471,7 @@ class AuthorizationServerConfig(Model):
     oidc_scopes_implicit: bool = False
     """Spec §9 D1: by default OIDC scopes must be allowed by the rule; true restores the 2016 reading
     ('The rule grants the OpenID Connect scopes by default')."""
-    algorithms: list[Literal["RS256"]] = Field(default_factory=lambda: ["RS256"])
+    algorithms: list[Literal["RS256"]] = Field(default_factory=lambda: ["RS256"])  # type: ignore[arg-type]
     match_host: bool = False
     """Also require the request's Host to equal the resource URI's host."""
     remote: RemoteIssuer | None = None
@@ -553,7 +553,7 @@ class AppConfig(Model):
     status: Status = "ACTIVE"
     application_type: Literal["web", "native", "browser", "service"] | None = None
     grant_types: list[str] = Field(default_factory=lambda: ["client_credentials"])
-    response_types: list[Literal["code", "token", "id_token"]] = Field(default_factory=lambda: ["code"])
+    response_types: list[Literal["code", "token", "id_token"]] = Field(default_factory=lambda: ["code"])  # type: ignore[arg-type]
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"] = (
         "client_secret_basic"
     )

@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # explain has its own parser next to the policy engine it drives.
         from authz.explain import run_explain
 
-        return run_explain(argv[1:])
+        explained: int = run_explain(argv[1:])
+        return explained
     parser = argparse.ArgumentParser(prog="scopegate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve the proxy, core and ops listeners")
