@@ -254,6 +254,8 @@ class ProxySettings(Model):
 
 
 class ScopeConfig(Model):
+    id: str | None = None
+    """Assigned by the management API (``scp…``) and kept stable across renames; config scopes may omit it."""
     name: str
     description: str | None = None
     display_name: str | None = None
@@ -270,6 +272,8 @@ class ClaimConditions(Model):
 
 
 class ClaimConfig(Model):
+    id: str | None = None
+    """Assigned by the management API (``ocl…``) and kept stable across renames; config claims may omit it."""
     name: str = Field(min_length=1, max_length=100)
     status: Status = "ACTIVE"
     claim_type: Literal["RESOURCE", "IDENTITY"] = "RESOURCE"
