@@ -1,0 +1,257 @@
+"""The system log: Okta's LogEvent shape (spec §6.1), kept in the store and written to stdout.
+
+Every event is appended inside the caller's transaction (``StoreTx.append_log``), so that an issued
+token and the event that records it are committed together or not at all (DESIGN §5), and is written
+as one JSON line to a stream (stdout by default) for log shippers.
+
+Issue 3: "Nothing in the log holds a secret or a token value." ``redact_secrets`` enforces it on every
+event that ``SystemLog.record`` writes, whatever the caller put in it: values under secret-bearing keys
+are replaced, and JWT-shaped strings anywhere are cut out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sys
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from authz.store.base import StoreTx
+
+SEVERITIES = frozenset({"DEBUG", "INFO", "WARN", "ERROR"})
+"""Spec §6.1: "severity ∈ DEBUG, INFO, WARN, ERROR"."""
+
+RESULTS = frozenset({"SUCCESS", "FAILURE", "SKIPPED", "ALLOW", "DENY", "CHALLENGE", "UNKNOWN"})
+"""Spec §6.1: the values of ``outcome.result``."""
+
+REASON_MAX = 255
+"""Spec §6.1: "outcome.reason is up to 255 characters"."""
+
+REDACTED = "[REDACTED]"
+
+# Keys whose values are credentials or token values, compared after lowering and dropping '_' and '-'
+# (so ``client_secret``, ``clientSecret`` and ``client-secret`` are one key).
+_SECRET_KEYS = frozenset(
+    k.replace("_", "")
+    for k in (
+        "client_secret", "secret", "password", "passwd", "new_password", "old_password",
+        "access_token", "refresh_token", "id_token", "token", "code", "device_code", "user_code",
+        "code_verifier", "client_assertion", "assertion", "id_token_hint", "subject_token",
+        "actor_token", "device_secret", "private_key", "private_pem", "secret_hash", "authorization",
+        "admin_token", "api_token", "ssws",
+    )
+)
+
+# A compact JWS/JWE (RFC 7515 §7.1): base64url JSON header, which always starts with "eyJ" ('{"').
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?")
+
+SYSTEM_ACTOR: dict[str, Any] = {
+    "id": "scopegate",
+    "type": "SystemPrincipal",
+    "alternateId": "system@scopegate",
+    "displayName": "scopegate",
+    "detailEntry": None,
+}
+
+
+class SecretInLogError(ValueError):
+    """An event carried a secret or token value (raised by ``check_no_secrets``)."""
+
+
+def format_published(now: float) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``, as Okta writes ``published`` (spec §6.1)."""
+    dt = datetime.fromtimestamp(now, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_published(value: str) -> float:
+    """The epoch seconds of an RFC 3339 timestamp (``Z`` or an offset; naive times are UTC)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("_", "").replace("-", "") in _SECRET_KEYS
+
+
+def _secret_paths(value: Any, path: str, found: list[str]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if _is_secret_key(key) and item not in (None, "", [], {}, REDACTED):
+                found.append(sub)
+            else:
+                _secret_paths(item, sub, found)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _secret_paths(item, f"{path}[{i}]", found)
+    elif isinstance(value, str) and _JWT_LIKE.search(value):
+        found.append(path)
+
+
+def find_secrets(event: Mapping[str, Any]) -> list[str]:
+    """Dotted paths of every secret-bearing value in ``event`` (empty when the event is clean)."""
+    found: list[str] = []
+    _secret_paths(event, "", found)
+    return found
+
+
+def check_no_secrets(event: Mapping[str, Any]) -> None:
+    """Raise ``SecretInLogError`` naming the paths (never the values) if the event holds a secret."""
+    found = find_secrets(event)
+    if found:
+        raise SecretInLogError("secret-bearing values in a log event at: " + ", ".join(found))
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            key: (REDACTED if _is_secret_key(key) and item not in (None, "", [], {}) else _redact(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redact(item) for item in value]
+    if isinstance(value, str):
+        return _JWT_LIKE.sub(REDACTED, value)
+    return value
+
+
+def redact_secrets(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``event`` with secret-bearing values replaced by ``[REDACTED]``."""
+    result = _redact(event)
+    assert isinstance(result, dict)
+    return result
+
+
+def _actor(actor: Mapping[str, Any] | None) -> dict[str, Any]:
+    if actor is None:
+        return dict(SYSTEM_ACTOR)
+    return {
+        "id": actor.get("id"),
+        "type": actor.get("type", "User"),
+        "alternateId": actor.get("alternateId"),
+        "displayName": actor.get("displayName"),
+        "detailEntry": actor.get("detailEntry"),
+    }
+
+
+def _client(client: Mapping[str, Any] | None) -> dict[str, Any]:
+    client = client or {}
+    user_agent = client.get("userAgent")
+    if isinstance(user_agent, str):
+        user_agent = {"rawUserAgent": user_agent, "os": None, "browser": None}
+    return {
+        # Spec §6.1: "client.id is the OAuth client_id for OAuth requests".
+        "id": client.get("id"),
+        "userAgent": user_agent or {"rawUserAgent": None, "os": None, "browser": None},
+        "zone": client.get("zone", "null"),
+        "device": client.get("device"),
+        "ipAddress": client.get("ipAddress"),
+        "geographicalContext": client.get("geographicalContext"),
+    }
+
+
+def _target(target: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": target.get("id"),
+        "type": target.get("type"),
+        "alternateId": target.get("alternateId"),
+        "displayName": target.get("displayName"),
+        "detailEntry": target.get("detailEntry"),
+    }
+    if "changeDetails" in target:
+        out["changeDetails"] = target["changeDetails"]
+    return out
+
+
+def make_event(
+    event_type: str,
+    *,
+    now: float,
+    result: str = "SUCCESS",
+    reason: str | None = None,
+    display_message: str = "",
+    severity: str = "INFO",
+    actor: dict[str, Any] | None = None,
+    client: dict[str, Any] | None = None,
+    targets: list[dict[str, Any]] | None = None,
+    debug_data: dict[str, Any] | None = None,
+    transaction_id: str | None = None,
+) -> dict[str, Any]:
+    """A LogEvent in Okta's shape (spec §6.1). ``actor`` None is scopegate itself (a system principal)."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity {severity!r} is not one of {sorted(SEVERITIES)}")
+    if result not in RESULTS:
+        raise ValueError(f"outcome result {result!r} is not one of {sorted(RESULTS)}")
+    client_part = _client(client)
+    ip = client_part["ipAddress"]
+    return {
+        "uuid": str(uuid.uuid4()),
+        "published": format_published(now),
+        "eventType": event_type,
+        "version": "0",
+        "severity": severity,
+        "legacyEventType": None,
+        "displayMessage": display_message,
+        "actor": _actor(actor),
+        "client": client_part,
+        "outcome": {"result": result, "reason": reason[:REASON_MAX] if reason is not None else None},
+        "target": [_target(t) for t in targets or ()],
+        "transaction": {"type": "WEB", "id": transaction_id or secrets.token_urlsafe(20), "detail": {}},
+        "debugContext": {"debugData": dict(debug_data or {})},
+        "authenticationContext": {"authenticationStep": 0, "externalSessionId": None},
+        "securityContext": {},
+        "request": {"ipChain": [{"ip": ip, "version": "V6" if ":" in ip else "V4"}] if ip else []},
+    }
+
+
+class SystemLog:
+    """Records events in the store (within the caller's transaction) and as JSON lines on ``stream``."""
+
+    def __init__(self, stream: TextIO | None = sys.stdout) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.redactions = 0
+        """Events that needed scrubbing: each one is a bug in the caller (tests assert it stays 0)."""
+
+    def record(self, tx: StoreTx, event: dict[str, Any], *, published: float | None = None) -> None:
+        """Append ``event`` in ``tx`` and write it to the stream; secrets are scrubbed first.
+
+        ``published`` is the event's epoch seconds; by default it is read back from ``event["published"]``.
+        The stdout line is written when the event is appended, before the caller commits: a rolled-back
+        transaction can leave a line on stdout that the store does not hold, never the reverse.
+        """
+        if find_secrets(event):
+            self.redactions += 1
+            event = redact_secrets(event)
+        epoch = published if published is not None else parse_published(str(event["published"]))
+        tx.append_log(event, epoch)
+        if self._stream is not None:
+            line = json.dumps(event, separators=(",", ":"), default=str)
+            with self._lock:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+
+
+__all__ = [
+    "REDACTED",
+    "SYSTEM_ACTOR",
+    "SecretInLogError",
+    "SystemLog",
+    "check_no_secrets",
+    "find_secrets",
+    "format_published",
+    "make_event",
+    "parse_published",
+    "redact_secrets",
+]

@@ -1,0 +1,162 @@
+"""The system log's event shape (spec §6.1) and its refusal to hold secrets (issue 3)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import pytest
+
+from authz.syslog import (
+    REDACTED,
+    SecretInLogError,
+    SystemLog,
+    check_no_secrets,
+    find_secrets,
+    format_published,
+    make_event,
+    parse_published,
+    redact_secrets,
+)
+
+NOW = 1_700_000_000.123456
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+class RecordingTx:
+    """Only ``append_log`` of the StoreTx contract, to see what record() hands the store."""
+
+    def __init__(self) -> None:
+        self.appended: list[tuple[dict[str, Any], float]] = []
+
+    def append_log(self, event: dict[str, Any], published: float) -> int:
+        self.appended.append((event, published))
+        return len(self.appended)
+
+
+class TestMakeEvent:
+    def test_has_every_top_level_field_of_okta_logevent(self) -> None:
+        """An event carries the fields of Okta's LogEvent (spec §6.1)."""
+        event = make_event("app.oauth2.as.token.grant", now=NOW)
+        for key in ("uuid", "published", "eventType", "version", "severity", "displayMessage", "actor",
+                    "client", "outcome", "target", "transaction", "debugContext", "authenticationContext",
+                    "securityContext", "request", "legacyEventType"):
+            assert key in event
+        assert event["version"] == "0"
+        assert event["eventType"] == "app.oauth2.as.token.grant"
+        assert set(event["actor"]) >= {"id", "type", "alternateId", "displayName"}
+        assert event["debugContext"] == {"debugData": {}}
+
+    def test_published_is_rfc3339_utc_with_milliseconds(self) -> None:
+        """``published`` is RFC 3339 in UTC with milliseconds and a Z (spec §6.1's example)."""
+        event = make_event("x", now=NOW)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["published"])
+        assert event["published"] == "2023-11-14T22:13:20.123Z"
+        assert parse_published(event["published"]) == pytest.approx(1_700_000_000.123)
+
+    def test_parse_published_accepts_offsets(self) -> None:
+        """An RFC 3339 time with an offset means the same instant as its UTC form."""
+        assert parse_published("2023-11-14T23:13:20+01:00") == parse_published("2023-11-14T22:13:20Z")
+        assert format_published(0) == "1970-01-01T00:00:00.000Z"
+
+    def test_outcome_reason_is_cut_to_255_characters(self) -> None:
+        """``outcome.reason`` is at most 255 characters (spec §6.1)."""
+        event = make_event("x", now=NOW, result="FAILURE", reason="r" * 400)
+        assert event["outcome"] == {"result": "FAILURE", "reason": "r" * 255}
+
+    def test_rejects_unknown_severity_and_result(self) -> None:
+        """Severity and result take only the values Okta documents."""
+        with pytest.raises(ValueError, match="severity"):
+            make_event("x", now=NOW, severity="FATAL")
+        with pytest.raises(ValueError, match="outcome result"):
+            make_event("x", now=NOW, result="OK")
+
+    def test_client_actor_targets_and_debug_data_are_carried(self) -> None:
+        """The caller's actor, client, targets and debugData appear in Okta's shape."""
+        event = make_event(
+            "app.oauth2.as.token.grant.access_token", now=NOW,
+            actor={"id": "0oa1", "type": "PublicClientApp", "alternateId": "c1", "displayName": "Orders"},
+            client={"id": "c1", "ipAddress": "10.0.0.1", "userAgent": "curl/8"},
+            targets=[{"id": "AT.1.x", "type": "access_token", "detailEntry": {"expires": "..."}}],
+            debug_data={"grant_type": "client_credentials"},
+        )
+        assert event["actor"]["type"] == "PublicClientApp"
+        assert event["client"]["id"] == "c1"
+        assert event["client"]["userAgent"]["rawUserAgent"] == "curl/8"
+        assert event["request"]["ipChain"] == [{"ip": "10.0.0.1", "version": "V4"}]
+        assert event["target"][0]["id"] == "AT.1.x"
+        assert event["target"][0]["alternateId"] is None
+        assert event["debugContext"]["debugData"] == {"grant_type": "client_credentials"}
+
+    def test_uuid_is_unique_per_event(self) -> None:
+        """Two events never share a uuid."""
+        assert make_event("x", now=NOW)["uuid"] != make_event("x", now=NOW)["uuid"]
+
+
+class TestRedaction:
+    @pytest.mark.parametrize("key", ["client_secret", "password", "access_token", "refresh_token", "id_token",
+                                     "code", "client_assertion", "clientSecret", "code_verifier"])
+    def test_secret_keys_are_found_anywhere(self, key: str) -> None:
+        """A secret-bearing key is found at any depth, in dicts and lists."""
+        event = make_event("x", now=NOW, debug_data={"nested": [{"ok": 1, key: "s3cr3t-value"}]})
+        assert find_secrets(event) == [f"debugContext.debugData.nested[0].{key}"]
+        with pytest.raises(SecretInLogError) as info:
+            check_no_secrets(event)
+        assert "s3cr3t-value" not in str(info.value)
+
+    def test_jwt_values_are_found_under_any_key(self) -> None:
+        """A JWT-shaped string is a token value wherever it appears."""
+        event = make_event("x", now=NOW, display_message=f"got {JWT} from client")
+        assert find_secrets(event) == ["displayMessage"]
+        assert redact_secrets(event)["displayMessage"] == f"got {REDACTED} from client"
+
+    def test_clean_event_has_no_findings(self) -> None:
+        """Token ids, scopes and grant types are not secrets."""
+        event = make_event("x", now=NOW, targets=[{"id": "AT.1f.abc", "type": "access_token"}],
+                           debug_data={"grant_type": "password", "requested_scopes": "a b",
+                                       "code_challenge_method": "S256", "password": None})
+        assert find_secrets(event) == []
+        check_no_secrets(event)
+
+    def test_redaction_replaces_values_and_keeps_the_rest(self) -> None:
+        """Redaction replaces only the secret values and leaves the input untouched."""
+        event = make_event("x", now=NOW, debug_data={"client_secret": "abc", "grant_type": "password"})
+        clean = redact_secrets(event)
+        assert clean["debugContext"]["debugData"] == {"client_secret": REDACTED, "grant_type": "password"}
+        assert event["debugContext"]["debugData"]["client_secret"] == "abc"
+
+
+class TestSystemLog:
+    def test_record_appends_in_the_transaction_and_writes_one_json_line(self) -> None:
+        """record() appends with the event's epoch and writes the same event as one JSON line."""
+        stream = io.StringIO()
+        log = SystemLog(stream)
+        tx = RecordingTx()
+        event = make_event("app.oauth2.as.token.grant", now=NOW)
+        log.record(tx, event)  # type: ignore[arg-type]
+        assert len(tx.appended) == 1
+        stored, published = tx.appended[0]
+        assert stored == event
+        assert published == pytest.approx(NOW, abs=0.001)
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0]) == event
+
+    def test_record_scrubs_secrets_before_storing_or_printing(self) -> None:
+        """A secret handed to record() reaches neither the store nor stdout."""
+        stream = io.StringIO()
+        log = SystemLog(stream)
+        tx = RecordingTx()
+        event = make_event("x", now=NOW, debug_data={"refresh_token": "rt-value", "note": JWT})
+        log.record(tx, event, published=NOW)  # type: ignore[arg-type]
+        assert "rt-value" not in stream.getvalue() and JWT not in stream.getvalue()
+        assert find_secrets(tx.appended[0][0]) == []
+        assert log.redactions == 1
+
+    def test_stream_none_only_stores(self) -> None:
+        """With no stream the event is still stored."""
+        tx = RecordingTx()
+        SystemLog(None).record(tx, make_event("x", now=NOW))  # type: ignore[arg-type]
+        assert len(tx.appended) == 1
