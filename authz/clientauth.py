@@ -1,0 +1,185 @@
+"""Client authentication at /token, /introspect and /revoke (spec §2.5), with Okta's exact errors.
+
+Methods: ``client_secret_basic``, ``client_secret_post``, ``private_key_jwt`` (the app's ``jwks``; a
+``jti`` makes the assertion single-use) and ``none`` (public clients, ``client_id`` only). An app
+authenticates only with the method it is configured for. Secrets are compared in constant time
+(``authz.passwords.verify_secret``), and an unknown client costs the same scrypt work as a known one.
+
+Blocking (scrypt, store): call it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import jwt
+
+from authz.errors import OAuthError
+from authz.model import App, get_app
+from authz.passwords import verify_secret
+from authz.store.base import Store
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
+MAX_ASSERTION_LIFETIME = 3600
+"""Spec §2.5: 'exp required and ≤ 1 h in the future'."""
+ASSERTION_LEEWAY = 60
+
+MULTIPLE_CREDENTIALS = ("Cannot supply multiple client credentials. Use one of the following: credentials in the "
+                        "Authorization header, credentials in the post body, or a client_assertion in the post body.")
+QUERY_CREDENTIALS = "Client credentials cannot be supplied via query parameters."
+NO_CREDENTIALS = "No client credentials found."
+UNKNOWN_CLIENT = "Invalid value for 'client_id' parameter."
+BAD_SECRET = "The client secret supplied for a confidential client is invalid."
+AUTH_FAILED = "Client authentication failed. Either the client or the client credentials are invalid."
+BAD_BASIC = "Found Authentication header but was not valid client credentials."
+ASSERTION_USED = "The client_assertion token has already been used."
+ASSERTION_AUDIENCE = "The audience claim for client_assertion must be the endpoint invoked for the request."
+ASSERTION_TOO_LONG = "The client_assertion token has an expiration too far into the future."
+ASSERTION_INVALID = "The client_assertion token is invalid."
+
+_CREDENTIAL_PARAMS = ("client_secret", "client_assertion", "client_assertion_type")
+
+
+@dataclass(frozen=True)
+class AuthenticatedClient:
+    app: App
+    method: str
+    """How it authenticated: client_secret_basic, client_secret_post, private_key_jwt or none."""
+
+    @property
+    def client_id(self) -> str:
+        return self.app.client_id
+
+
+def invalid_client(description: str, *, basic: bool = False, reason: str = "invalid_client") -> OAuthError:
+    """RFC 6749 §5.2: 401 with a challenge when the client used (or should use) HTTP Basic."""
+    return OAuthError("invalid_client", description, status_code=401, reason=reason, basic_challenge=basic)
+
+
+def parse_basic(header: str) -> tuple[str, str]:
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding."""
+    scheme, _, value = header.strip().partition(" ")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid_client(BAD_BASIC, basic=True, reason="malformed_basic") from None
+    client_id, sep, secret = decoded.partition(":")
+    if scheme.lower() != "basic" or not sep or not client_id:
+        raise invalid_client(BAD_BASIC, basic=True, reason="malformed_basic")
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def authenticate_client(store: Store, *, authorization: str | None, form: Mapping[str, str],
+                        query: Mapping[str, str], endpoint_url: str, now: float) -> AuthenticatedClient:
+    """Authenticate the caller of a back-channel endpoint or raise ``invalid_client`` / ``invalid_request``."""
+    if any(p in query for p in _CREDENTIAL_PARAMS):
+        raise OAuthError("invalid_request", QUERY_CREDENTIALS, reason="credentials_in_query")
+    basic = authorization is not None and authorization.strip().lower().startswith("basic")
+    post = "client_secret" in form
+    assertion = "client_assertion" in form or "client_assertion_type" in form
+    if sum((basic, post, assertion)) > 1:
+        raise OAuthError("invalid_request", MULTIPLE_CREDENTIALS, status_code=401, reason="multiple_credentials")
+    if authorization is not None and not basic and authorization.strip():
+        # A Bearer or other scheme is not a client credential of any kind.
+        raise invalid_client(BAD_BASIC, basic=True, reason="malformed_basic")
+    if basic:
+        assert authorization is not None
+        client_id, secret = parse_basic(authorization)
+        if "client_id" in form and form["client_id"] != client_id:
+            raise invalid_client(AUTH_FAILED, basic=True, reason="client_id_mismatch")
+        return _by_secret(store, client_id, secret, "client_secret_basic")
+    if post:
+        client_id = form.get("client_id", "")
+        if not client_id:
+            raise invalid_client(NO_CREDENTIALS, reason="no_credentials")
+        return _by_secret(store, client_id, form["client_secret"], "client_secret_post")
+    if assertion:
+        return _by_assertion(store, form, endpoint_url, now)
+    client_id = form.get("client_id", "")
+    if not client_id:
+        raise invalid_client(NO_CREDENTIALS, basic=True, reason="no_credentials")
+    app = get_app(store, client_id)
+    if app is None or not app.is_active:
+        raise invalid_client(UNKNOWN_CLIENT, reason="unknown_client")
+    if app.config.token_endpoint_auth_method != "none":
+        raise invalid_client(AUTH_FAILED, basic=app.config.token_endpoint_auth_method == "client_secret_basic",
+                             reason="wrong_auth_method")
+    return AuthenticatedClient(app, "none")
+
+
+def _by_secret(store: Store, client_id: str, secret: str, method: str) -> AuthenticatedClient:
+    basic = method == "client_secret_basic"
+    app = get_app(store, client_id)
+    if app is None or not app.is_active:
+        verify_secret(secret, None)  # same work as a known client: no timing oracle for client ids
+        raise invalid_client(UNKNOWN_CLIENT, basic=basic, reason="unknown_client")
+    if app.config.token_endpoint_auth_method != method:
+        verify_secret(secret, None)
+        raise invalid_client(AUTH_FAILED, basic=basic, reason="wrong_auth_method")
+    if not verify_secret(secret, app.secret_hash):
+        raise invalid_client(BAD_SECRET, basic=basic, reason="invalid_client_secret")
+    return AuthenticatedClient(app, method)
+
+
+def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now: float) -> AuthenticatedClient:
+    """RFC 7523 §3 with spec §2.5's rules: iss = sub = client_id, aud = the endpoint, exp ≤ 1 h, jti single-use."""
+    if form.get("client_assertion_type") != JWT_BEARER or not form.get("client_assertion"):
+        raise invalid_client(AUTH_FAILED, reason="invalid_client_assertion_type")
+    token = form["client_assertion"]
+    try:
+        unverified: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise invalid_client(ASSERTION_INVALID, reason="invalid_client_assertion") from None
+    client_id = unverified.get("sub")
+    if not isinstance(client_id, str) or unverified.get("iss") != client_id:
+        raise invalid_client(ASSERTION_INVALID, reason="invalid_client_assertion")
+    if "client_id" in form and form["client_id"] != client_id:
+        raise invalid_client(AUTH_FAILED, reason="client_id_mismatch")
+    app = get_app(store, client_id)
+    if app is None or not app.is_active:
+        raise invalid_client(UNKNOWN_CLIENT, reason="unknown_client")
+    if app.config.token_endpoint_auth_method != "private_key_jwt" or app.config.jwks is None:
+        raise invalid_client(AUTH_FAILED, reason="wrong_auth_method")
+    alg = header.get("alg")
+    if alg not in ASSERTION_ALGORITHMS:
+        raise invalid_client(ASSERTION_INVALID, reason="invalid_client_assertion")
+    candidates = [k for k in app.config.jwks.keys if header.get("kid") in (None, k.get("kid"))]
+    claims: dict[str, Any] | None = None
+    for jwk in candidates:
+        try:
+            key = jwt.PyJWK(jwk, algorithm=alg).key
+            claims = jwt.decode(token, key, algorithms=[alg], options={"verify_aud": False, "verify_exp": False,
+                                                                      "require": ["exp"]})
+            break
+        except jwt.PyJWTError:
+            continue
+    if claims is None:
+        raise invalid_client(ASSERTION_INVALID, reason="invalid_client_assertion")
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    if endpoint_url not in audiences:
+        raise invalid_client(ASSERTION_AUDIENCE, reason="invalid_client_assertion_audience")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or exp + ASSERTION_LEEWAY <= now:
+        raise invalid_client(ASSERTION_INVALID, reason="client_assertion_expired")
+    if exp > now + MAX_ASSERTION_LIFETIME + ASSERTION_LEEWAY:
+        raise invalid_client(ASSERTION_TOO_LONG, reason="client_assertion_too_long")
+    iat = claims.get("iat")
+    if iat is not None and (not isinstance(iat, int | float) or iat > now + ASSERTION_LEEWAY):
+        raise invalid_client(ASSERTION_INVALID, reason="client_assertion_issued_in_future")
+    jti = claims.get("jti")
+    # Spec §2.5: "jti optional, but if present the JWT is single-use". A bare store write is its own
+    # transaction, so a replay fails even if the rest of the request is later refused.
+    if jti is not None and not store.use_assertion_jti(client_id, str(jti), float(exp)):
+        raise invalid_client(ASSERTION_USED, reason="client_assertion_reused")
+    return AuthenticatedClient(app, "private_key_jwt")
+
+
+__all__ = ["JWT_BEARER", "AuthenticatedClient", "authenticate_client", "invalid_client", "parse_basic"]
