@@ -1,0 +1,7 @@
+"""Fixtures of the attack bench (defined in ``attack_bench.py``, which the tests import helpers from)."""
+
+from __future__ import annotations
+
+from attack_bench import gate, upstream, wire
+
+__all__ = ["gate", "upstream", "wire"]
