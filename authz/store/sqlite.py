@@ -1,0 +1,149 @@
+"""The embedded store: one SQLite file, so that ``scopegate run`` needs nothing else installed.
+
+Durability: WAL with ``synchronous=FULL`` syncs the log on every commit, so a process killed right
+after committing a revocation, an issued-token record or a log event keeps it ("In WAL mode when
+synchronous is FULL [...] transactions are durable across application crashes and power failures",
+sqlite.org/pragma.html#pragma_synchronous; NORMAL would only protect against application crashes).
+
+Concurrency: a connection per thread; write transactions start with ``BEGIN IMMEDIATE`` so that two
+processes on the same file serialize at the start of a write instead of failing with SQLITE_BUSY when
+a read lock is upgraded halfway through; ``busy_timeout`` makes the second writer wait its turn.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
+from typing import Any
+
+from authz.store.errors import StoreConflict, StoreError
+from authz.store.migrations import migrations
+from authz.store.sql import Cursor, SqlStore
+
+BUSY_TIMEOUT_MS = 10_000
+_PREFIX = "sqlite:///"
+_MEMORY = ":memory:"
+
+
+def database_path(url: str) -> str:
+    """``sqlite:///relative.db`` → ``relative.db``; ``sqlite:////abs.db`` → ``/abs.db``; ``:memory:``."""
+    path = url[len(_PREFIX):].split("?", 1)[0] if url.startswith(_PREFIX) else ""
+    if not path:
+        raise StoreError(f"store {url!r}: expected sqlite:///relative/path.db, sqlite:////absolute/path.db "
+                         "or sqlite:///:memory:")
+    return path
+
+
+class SqliteStore(SqlStore):
+    """The Store contract on SQLite (``authz.store.base``)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path = database_path(url)
+        self._memory = self.path == _MEMORY
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._registry = threading.Lock()
+        self._closed = False
+        # An in-memory database lives in its connection: every thread shares that one, under a lock.
+        self._shared_lock = threading.RLock() if self._memory else None
+        self._shared: sqlite3.Connection | None = None
+        if not self._memory:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open store {url}: cannot create directory {parent}: "
+                                 f"{exc.strerror or exc}") from exc
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- connections ---------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: the module issues no implicit BEGIN; transactions are ours.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.url}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not self._memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"cannot open store {self.url}: WAL journal mode unavailable (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open store {self.url}: {exc}") from exc
+        with self._registry:
+            self._connections.append(conn)
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+        if self._memory:
+            if self._shared is None:
+                self._shared = self._open()
+            return self._shared
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+        return conn
+
+    def _guard(self) -> AbstractContextManager[object]:
+        return self._shared_lock if self._shared_lock is not None else nullcontext()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._registry:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with suppress(sqlite3.Error):  # best effort: a committed write is already on disk
+                conn.close()
+
+    # --- dialect -------------------------------------------------------------------------------------
+
+    def _exec(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        try:
+            cursor: sqlite3.Cursor = conn.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflict(f"store {self.url}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.url}: {exc}") from exc
+        return cursor
+
+    def _begin(self, conn: Any) -> None:
+        self._exec(conn, "BEGIN IMMEDIATE")
+
+    def _allocate_token_seq(self, conn: Any) -> int:
+        row = self._exec(conn, "UPDATE token_seq SET value = value + 1 WHERE id = 1 RETURNING value").fetchone()
+        return int(row[0])
+
+    def _current_token_seq(self, conn: Any) -> int:
+        row = self._exec(conn, "SELECT value FROM token_seq WHERE id = 1").fetchone()
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        steps = migrations("sqlite")
+        with self._transaction() as tx:
+            tx._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+            current = int(tx._exec("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+            if current > len(steps):
+                raise StoreConflict(f"store {self.url} has schema version {current}, written by a newer scopegate "
+                                    f"(this one knows versions up to {len(steps)}); upgrade scopegate")
+            for version, statements in enumerate(steps[current:], start=current + 1):
+                for statement in statements:
+                    tx._exec(statement)
+                tx._exec("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, time.time()))
