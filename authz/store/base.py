@@ -226,6 +226,11 @@ class Store(StoreTx, Protocol):
 
     def last_change_seq(self) -> int: ...
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a new change-feed entry; True if one was (probably)
+        committed, so that the feed poller can wake early. False says nothing: poll anyway. PostgreSQL
+        hears every process (LISTEN/NOTIFY); SQLite only hears commits made through this store object."""
+
     def query_logs(self, query: LogQuery) -> list[LogRecord]: ...
 
     def iter_logs(self) -> Iterator[LogRecord]: ...
