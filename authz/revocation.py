@@ -67,6 +67,8 @@ class RevocationState:
         self._issuers: dict[str, str] = dict(issuers)
         """Issuer URL → local authorization server id."""
         self._now = now
+        self.clock = now
+        """The clock this state expires entries by (the feed poller marks freshness with it too)."""
         self.max_staleness = max_staleness
         self.leeway = leeway
         """Entries are kept this long past their ``exp``: a validator that accepts an expired token within
