@@ -156,6 +156,7 @@ def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now:
         try:
             key = jwt.PyJWK(jwk, algorithm=alg).key
             claims = jwt.decode(token, key, algorithms=[alg], options={"verify_aud": False, "verify_exp": False,
+                                                                      "verify_iat": False, "verify_nbf": False,
                                                                       "require": ["exp"]})
             break
         except jwt.PyJWTError:
@@ -171,6 +172,9 @@ def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now:
         raise invalid_client(ASSERTION_INVALID, reason="client_assertion_expired")
     if exp > now + MAX_ASSERTION_LIFETIME + ASSERTION_LEEWAY:
         raise invalid_client(ASSERTION_TOO_LONG, reason="client_assertion_too_long")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not isinstance(nbf, int | float) or nbf > now + ASSERTION_LEEWAY):
+        raise invalid_client(ASSERTION_INVALID, reason="client_assertion_not_yet_valid")
     iat = claims.get("iat")
     if iat is not None and (not isinstance(iat, int | float) or iat > now + ASSERTION_LEEWAY):
         raise invalid_client(ASSERTION_INVALID, reason="client_assertion_issued_in_future")

@@ -233,7 +233,9 @@ def read_own_jwt(token: str, keys: Iterable[SigningKey], issuer: str, now: float
         public = jwt.PyJWK(key.public_jwk, algorithm="RS256").key
         claims: dict[str, Any] = jwt.decode(
             token, public, algorithms=["RS256"], issuer=issuer, audience=audience,
-            options={"verify_aud": audience is not None, "verify_exp": False, "require": ["exp", "iat", "jti"]},
+            # The clock is ours (``now``), not PyJWT's: time claims are checked below.
+            options={"verify_aud": audience is not None, "verify_exp": False, "verify_iat": False,
+                     "verify_nbf": False, "require": ["exp", "iat", "jti"]},
         )
     except jwt.PyJWTError:
         return None

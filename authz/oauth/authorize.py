@@ -1,0 +1,239 @@
+"""``GET|POST /oauth2/{asId}/v1/authorize`` (spec §2.3, §3.4): the code flow with a sign-in form.
+
+GET validates the request and shows the form; POST (the form) checks the credentials, the user's
+assignment and the policy, then redirects with a code. The policy is evaluated here, once: the code
+carries the granted scopes and the matched rule's lifetimes, and /token does not evaluate again
+(spec §3.1 point 8). Until ``redirect_uri`` is known to belong to the client, errors are an HTML page,
+never a redirect; after that they travel on the redirect with ``state``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from authz.context import CoreContext
+from authz.errors import OAuthError
+from authz.model import App, User, find_user_by_login, get_app, get_server, is_assigned
+from authz.oauth.audit import Audit, record_failure
+from authz.oauth.common import DUPLICATE_PARAMS, INVALID_AS, Endpoint, client_info, in_thread, single_values
+from authz.oauth.grants import lifetimes
+from authz.oauth.login_form import (
+    COOKIE_NAME,
+    FORM_LIFETIME,
+    check_form_token,
+    form_key,
+    make_form_token,
+    new_browser_nonce,
+    render_error_page,
+    render_login,
+)
+from authz.passwords import token_hash, verify_secret
+from authz.policy import Principal, evaluate, format_list, require_match, resolve_scopes, user_not_assigned
+from authz.store.base import AuthorizationCode
+from authz.tokens import CODE_LIFETIME, new_opaque
+from config.schema import AuthorizationServerConfig
+
+PARAMS = ("client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
+          "code_challenge_method", "response_mode", "prompt", "login_hint")
+UNKNOWN_CLIENT = "Invalid value for 'client_id' parameter."
+BAD_REDIRECT = "The 'redirect_uri' parameter must be a Login redirect URI in the client app settings."
+SIGN_IN_FAILED = "Sign in failed. Check your username and password."
+FORM_EXPIRED = "The sign-in form expired or was not loaded from this server. Please sign in again."
+
+
+class ErrorPage(Exception):
+    def __init__(self, error: str, description: str, reason: str) -> None:
+        super().__init__(description)
+        self.oauth = OAuthError(error, description, reason=reason)
+
+
+@dataclass(frozen=True)
+class AuthorizeRequest:
+    server: AuthorizationServerConfig
+    app: App
+    params: dict[str, str]
+    redirect_uri: str
+
+    @property
+    def state(self) -> str | None:
+        return self.params.get("state")
+
+    @property
+    def fragment(self) -> bool:
+        return self.params.get("response_mode") == "fragment"
+
+
+def redirect_with(req: AuthorizeRequest, values: dict[str, str]) -> Response:
+    if req.state is not None:
+        values = {**values, "state": req.state}
+    parts = urlsplit(req.redirect_uri)
+    if req.fragment:
+        target = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, urlencode(values)))
+    else:
+        query = f"{parts.query}&{urlencode(values)}" if parts.query else urlencode(values)
+        target = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+    return RedirectResponse(target, status_code=302, headers={"Cache-Control": "no-store"})
+
+
+def validate_client(ctx: CoreContext, as_id: str, params: dict[str, str], audit: Audit) -> AuthorizeRequest:
+    """Spec §3.2 steps 2-5; failures here are shown as a page (there is no safe place to redirect to)."""
+    server = get_server(ctx.store, as_id)
+    if server is None or server.status != "ACTIVE":
+        raise ErrorPage("invalid_request", INVALID_AS, "invalid_authorization_server")
+    audit.server = server
+    app = get_app(ctx.store, params.get("client_id", "")) if params.get("client_id") else None
+    if app is None or not app.is_active:
+        raise ErrorPage("invalid_client", UNKNOWN_CLIENT, "invalid_client_id")
+    audit.app = app
+    redirect_uri = params.get("redirect_uri", "")
+    audit.redirect_uri = redirect_uri or None
+    # RFC 9700 §2.1: "exact string matching" of redirect URIs.
+    if redirect_uri not in app.config.redirect_uris:
+        raise ErrorPage("invalid_request", BAD_REDIRECT, "illegal_redirect_uri")
+    return AuthorizeRequest(server, app, params, redirect_uri)
+
+
+def validate_request(req: AuthorizeRequest) -> None:
+    """Spec §3.2 steps 4, 6 and 7; failures travel on the redirect."""
+    params = req.params
+    response_type = params.get("response_type")
+    if response_type != "code":
+        raise OAuthError("unsupported_response_type", "The response type is not supported by the authorization "
+                         f"server. Configured response types: {format_list(['code'])}.",
+                         reason="unsupported_response_type")
+    if "authorization_code" not in req.app.config.grant_types:
+        raise OAuthError("unauthorized_client", "The client is not authorized to use the provided grant type. "
+                         f"Configured grant types: {format_list(req.app.config.grant_types)}.",
+                         reason="unauthorized_client")
+    if params.get("response_mode") not in (None, "query", "fragment"):
+        raise OAuthError("invalid_request", "The 'response_mode' parameter is not supported. Valid values: "
+                         "[query, fragment]", reason="unsupported_response_mode")
+    challenge, method = params.get("code_challenge"), params.get("code_challenge_method")
+    if challenge is not None or method is not None:
+        if method != "S256":
+            raise OAuthError("invalid_request", "PKCE code challenge method is not supported. Valid values: [S256]",
+                             reason="pkce_method_not_supported")
+        if not challenge or not 43 <= len(challenge) <= 128:
+            raise OAuthError("invalid_request", "PKCE code challenge is required by the application.",
+                             reason="pkce_challenge_required")
+    elif req.app.config.requires_pkce:
+        # Spec §2.5: a public client "requires PKCE for the code flow".
+        raise OAuthError("invalid_request", "PKCE code challenge is required by the application.",
+                         reason="pkce_challenge_required")
+    resolve_scopes(req.server, params.get("scope"), "authorization_code")
+    if params.get("prompt") == "none":
+        # There is no session to reuse: every authorization signs in through the form.
+        raise OAuthError("login_required", "The client specified not to prompt, but the user is not logged in.",
+                         reason="login_required")
+
+
+def grant_code(ctx: CoreContext, req: AuthorizeRequest, user: User, audit: Audit) -> str:
+    """Steps 9-10 and 14: assignment, policy, then the code and its event in one transaction."""
+    audit.user = user
+    if not user.is_active:
+        # Spec §9 D5: "Reject new grants (... access_denied at authorize)".
+        raise OAuthError("access_denied", "The user is not active.", reason="user_not_active")
+    request = resolve_scopes(req.server, req.params.get("scope"), "authorization_code")
+    if not is_assigned(req.app, user):
+        raise user_not_assigned()
+    evaluation = evaluate(req.server, req.app.client_id, Principal(user.id, user.groups), "authorization_code",
+                          request)
+    audit.evaluation = evaluation
+    policy, rule = require_match(evaluation)
+    access, refresh, window = lifetimes(rule)
+    now = ctx.now()
+    value = new_opaque()
+    code = AuthorizationCode(
+        code_hash=token_hash(value), as_id=req.server.id, client_id=req.app.client_id, user_id=user.id,
+        redirect_uri=req.redirect_uri, scopes=evaluation.granted, issued_at=now, expires_at=now + CODE_LIFETIME,
+        auth_time=now, nonce=req.params.get("nonce"), code_challenge=req.params.get("code_challenge"),
+        code_challenge_method=req.params.get("code_challenge_method"), policy_id=policy.id, rule_id=rule.id,
+        access_lifetime_seconds=access, refresh_lifetime_seconds=refresh, refresh_window_seconds=window)
+    with ctx.store.transaction() as tx:
+        tx.put_code(code)
+        ctx.syslog.record(tx, audit.event("app.oauth2.as.authorize.code", now,
+                                          message="OAuth2 authorization code request",
+                                          extra={"code_expires": code.expires_at}))
+    return value
+
+
+def authorize_endpoint(ctx: CoreContext) -> Endpoint:
+    async def authorize(request: Request) -> Response:
+        as_id = request.path_params["as_id"]
+        audit = Audit(as_id, "app.oauth2.as.authorize", client=client_info(request))
+        try:
+            query_items = list(request.query_params.multi_items())
+            form_items: list[tuple[str, Any]] = list((await request.form()).multi_items()) \
+                if request.method == "POST" else []
+            try:
+                raw = single_values(query_items + form_items)
+            except OAuthError:
+                raise ErrorPage("invalid_request", DUPLICATE_PARAMS, "duplicate_parameters") from None
+            params = {k: raw[k] for k in PARAMS if k in raw}
+            audit.client["id"] = params.get("client_id")
+            audit.response_type = params.get("response_type")
+            audit.requested_scopes = params.get("scope")
+            req = await in_thread(validate_client, ctx, as_id, params, audit)
+        except ErrorPage as page:
+            await in_thread(record_failure, ctx, audit, page.oauth)
+            return HTMLResponse(render_error_page(page.oauth.error, page.oauth.description), status_code=400,
+                                headers={"Cache-Control": "no-store"})
+        try:
+            validate_request(req)
+            if request.method == "GET":
+                return await show_form(ctx, request, req)
+            return await sign_in(ctx, request, req, raw, audit)
+        except OAuthError as exc:
+            await in_thread(record_failure, ctx, audit, exc)
+            return redirect_with(req, {"error": exc.error, "error_description": exc.description})
+
+    return authorize
+
+
+async def show_form(ctx: CoreContext, request: Request, req: AuthorizeRequest, error: str | None = None,
+                    status_code: int = 200) -> Response:
+    keys = await in_thread(ctx.store.list_signing_keys, req.server.id)
+    nonce = request.cookies.get(COOKIE_NAME) or new_browser_nonce()
+    token = make_form_token(form_key(keys), req.params, nonce, ctx.now())
+    html = render_login(action=str(request.url.path), server_name=req.server.name, client_name=req.app.config.name,
+                        params=req.params, form_token=token, error=error,
+                        login_hint=req.params.get("login_hint", ""))
+    response = HTMLResponse(html, status_code=status_code, headers={
+        "Cache-Control": "no-store", "X-Frame-Options": "DENY",
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                   "frame-ancestors 'none'"})
+    response.set_cookie(COOKIE_NAME, nonce, max_age=FORM_LIFETIME, path=request.url.path, httponly=True,
+                        samesite="lax", secure=ctx.config.issuer.startswith("https://"))
+    return response
+
+
+async def sign_in(ctx: CoreContext, request: Request, req: AuthorizeRequest, raw: dict[str, str],
+                  audit: Audit) -> Response:
+    keys = await in_thread(ctx.store.list_signing_keys, req.server.id)
+    if not check_form_token(form_key(keys), raw.get("form_token", ""), req.params, request.cookies.get(COOKIE_NAME),
+                            ctx.now()):
+        return await show_form(ctx, request, req, FORM_EXPIRED, status_code=400)
+    username, secret = raw.get("username", ""), raw.get("password", "")
+
+    def authenticate() -> User | None:
+        user = find_user_by_login(ctx.store, username) if username else None
+        valid = verify_secret(secret, user.secret_hash if user is not None else None)
+        return user if user is not None and valid else None
+
+    user = await in_thread(authenticate)
+    if user is None:
+        await in_thread(record_failure, ctx, audit, OAuthError("access_denied", SIGN_IN_FAILED,
+                                                               reason="invalid_credentials"))
+        return await show_form(ctx, request, req, SIGN_IN_FAILED, status_code=401)
+    code = await in_thread(grant_code, ctx, req, user, audit)
+    return redirect_with(req, {"code": code})
+
+
+__all__ = ["PARAMS", "authorize_endpoint", "grant_code", "validate_client", "validate_request"]
+
+
