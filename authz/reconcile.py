@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from authz.keys import ensure_signing_keys
 from authz.passwords import hash_secret, verify_secret
-from authz.revocation import watermark_key
 from authz.store.base import ObjectKind, Store, StoredObject, StoreTx
 from authz.syslog import SystemLog, make_event
 from config.schema import AuthorizationServerConfig, ScopegateConfig
@@ -146,7 +145,7 @@ def _revoke_for_change(tx: StoreTx, kind: ObjectKind, id: str, before: dict[str,
         scope = "user"
     if scope is None:
         return
-    tx.append_change("watermark", {"scope": scope, "key": watermark_key(scope, id), "before_seq": tx.current_token_seq(),
+    tx.append_change("watermark", {"scope": scope, "key": id, "before_seq": tx.current_token_seq(),
                                    "exp": now + WATERMARK_TTL})
 
 

@@ -30,11 +30,11 @@ from authz.app import build_core_app
 from authz.context import CoreContext
 from authz.errors import ScopegateError
 from authz.reconcile import reconcile
-from authz.store import Store, open_store
+from authz.store import Change, Store, open_store
 from config import ConfigError, load_config
 from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
-from proxy.keys import build_key_resolver
+from proxy.keys import IssuerKeys, build_key_resolver
 from proxy.metrics import ProxyMetrics
 from proxy.ops import Check, build_ops_app
 
@@ -95,6 +95,7 @@ class Scopegate:
         self.store: Store | None = None
         self.poller: FeedPoller | None = None
         self.proxy_app: ProxyApp | None = None
+        self.keys: IssuerKeys | None = None
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -122,13 +123,23 @@ class Scopegate:
         syslog = SystemLog(self.out)
         await asyncio.to_thread(reconcile, store, cfg, self.now(), syslog)
 
+        keys = build_key_resolver(cfg, store)
+        self.keys = keys
+        loop = asyncio.get_running_loop()
+
+        def on_config_change(change: Change) -> None:
+            # Called from the poller's worker thread: a key rotation or reconcile elsewhere means our
+            # local key set may have changed; reload it on the loop.
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(keys.reload_local()))
+
         revocation = RevocationState(identify_issuers(cfg), now=self.now, max_staleness=cfg.revocation.max_staleness)
-        self.poller = FeedPoller(store, revocation, interval=cfg.revocation.poll_interval)
+        self.poller = FeedPoller(store, revocation, interval=cfg.revocation.poll_interval,
+                                 on_config_change=on_config_change)
         await asyncio.to_thread(self.poller.poll_once)
+        await keys.start()
 
         registry = CollectorRegistry()
         metrics = ProxyMetrics(registry)
-        keys = build_key_resolver(cfg, store)
         self.proxy_app = ProxyApp(cfg, keys, revocation, metrics, log_stream=self.out, now=self.now)
         await self.proxy_app.startup()
 
@@ -205,6 +216,8 @@ class Scopegate:
         report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
         if self.poller is not None:
             await self.poller.poll_now()
+        if self.keys is not None:
+            await self.keys.reload_local()
         if self.proxy_app is not None and hasattr(self.proxy_app, "reconfigure"):
             self.proxy_app.reconfigure(cfg)
         self.cfg = cfg
@@ -226,6 +239,8 @@ class Scopegate:
                 await self.poller_task
         if self.proxy_app is not None:
             await self.proxy_app.shutdown()
+        if self.keys is not None:
+            await self.keys.aclose()
         if self.store is not None:
             self.store.close()
 
