@@ -125,10 +125,10 @@ class FakeRevocation:
         return 0.5
 
 
-def gate_config(upstream: str = "builtin:echo", **overrides: Any) -> ScopegateConfig:
+def gate_config(url: str = "builtin:echo", **overrides: Any) -> ScopegateConfig:
     document: dict[str, Any] = {
         "issuer": ISSUER_BASE,
-        "upstream": {"url": upstream, "connectTimeout": 1, "timeout": 2},
+        "upstream": {"url": url, "connectTimeout": 1, "timeout": 2},
         "routes": [
             {"name": "health", "path": "/health", "public": True},
             {"name": "orders-public", "path": "/orders/catalog", "public": True},
@@ -166,8 +166,8 @@ class RecordingUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.received.append(Received(request.method, request.raw_path.partition("?")[0], request.query_string,
-                                      list(request.raw_headers and [(k.decode(), v.decode()) for k, v in request.raw_headers]),
+        self.received.append(Received(request.method, request.raw_path.partition("?")[0], request.raw_path.partition("?")[2],
+                                      [(k.decode(), v.decode()) for k, v in request.raw_headers],
                                       body))
         if self.delay:
             import asyncio

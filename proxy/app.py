@@ -1,0 +1,290 @@
+"""The proxy listener: a bare ASGI callable running the gate pipeline, then forwarding (DESIGN §2).
+
+No framework on this path (issue 5: "Starlette's routing cost ~1.4x"). Everything that can be built at
+start-up is built in ``configure``: the route table, the resource map, the issuer policies, the header
+plan and the metric children. Per request the pipeline is, in order:
+
+  guard → normalize path → resource → route → bearer → validate (or cache) → revocation → scopes → forward
+
+Every stage signals a denial by raising an error of ``authz/errors.py`` (BearerError for RFC 6750
+challenges, realm = AS id; GateError for the rest); ``_send_error`` is the one place that turns them into
+responses. One ``Decision`` per request feeds the metrics and the decision log.
+
+WebSocket upgrades are not supported yet: a ``websocket`` scope is refused (closed with 1008 before the
+handshake, which the client sees as 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TextIO
+from urllib.parse import parse_qsl
+
+from authz.errors import BearerError, GateError, ScopegateError
+from config.schema import ScopegateConfig
+from proxy import reasons
+from proxy.bearer import extract_bearer
+from proxy.cache import TokenCache
+from proxy.decision import Decision
+from proxy.decisionlog import DecisionLog
+from proxy.echo import echo
+from proxy.forward import ClientGone, Forwarder, HeaderPlan, RequestBody
+from proxy.guard import ParseGuard, RequestHead
+from proxy.keys_api import KeyResolver
+from proxy.metrics import ProxyMetrics
+from proxy.paths import normalize_path
+from proxy.resources import ResourceMap
+from proxy.revocation import RevocationLike
+from proxy.routes import UNROUTED, Route, RouteTable
+from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken, build_issuer_policies
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("scopegate.proxy")
+
+ECHO = "builtin:echo"
+
+
+class ProxyApp:
+    def __init__(self, config: ScopegateConfig, keys: KeyResolver, revocation: RevocationLike, metrics: ProxyMetrics,
+                 log_stream: TextIO | None, now: Callable[[], float] = time.time) -> None:
+        self.keys = keys
+        self.revocation = revocation
+        self.metrics = metrics
+        self.log = DecisionLog(log_stream)
+        self.now = now
+        self._id_prefix = os.urandom(4).hex() + "-"
+        self._counter = 0
+        self.forwarder: Forwarder | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        age = getattr(revocation, "age", None)
+        if callable(age):
+            metrics.watch_revocation_age(lambda: float(age(self.now())))
+        self.configure(config)
+
+    # ------------------------------------------------------------------------------------------ configuration
+
+    def configure(self, config: ScopegateConfig) -> None:
+        """Build every per-configuration table (start-up and SIGHUP)."""
+        self.cfg = config
+        self.guard = ParseGuard(config.proxy.limits, config.proxy.identity)
+        self.routes = RouteTable(config.routes)
+        self.resources = ResourceMap(config)
+        self.policies: dict[str, IssuerPolicy] = build_issuer_policies(config, self.keys)
+        self.validator = TokenValidator(self.keys, leeway=config.proxy.leeway,
+                                        max_token_bytes=config.proxy.limits.max_token_bytes)
+        self.cache = TokenCache(config.proxy.token_cache_size, self.now)
+        self.headers = HeaderPlan(config)
+        self.echo = config.upstream.url == ECHO
+        self.metrics.prebuild(self.routes.names)
+
+    def reconfigure(self, config: ScopegateConfig) -> None:
+        """SIGHUP: new tables; the upstream pool is kept unless the upstream itself changed."""
+        old_upstream = self.cfg.upstream
+        self.configure(config)
+        if config.upstream != old_upstream:
+            task = asyncio.ensure_future(self._replace_pool(self.forwarder))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _replace_pool(self, old: Forwarder | None) -> None:
+        new = None
+        if not self.echo:
+            new = Forwarder(self.cfg)
+            await new.startup()
+        self.forwarder = new
+        if old is not None:
+            await asyncio.sleep(self.cfg.upstream.timeout)  # let in-flight requests on the old pool finish
+            await old.shutdown()
+
+    async def startup(self) -> None:
+        if not self.echo and self.forwarder is None:
+            self.forwarder = Forwarder(self.cfg)
+            await self.forwarder.startup()
+
+    async def shutdown(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.shutdown()
+            self.forwarder = None
+
+    # ------------------------------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # reported to the server, which refuses to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._counter += 1
+        decision = Decision(f"{self._id_prefix}{self._counter:x}", scope["method"], time.perf_counter(), self.now())
+        self.metrics.in_flight.inc()
+        try:
+            await self._gate(scope, receive, send, decision)
+        except ScopegateError as exc:
+            if decision.response_started:
+                raise
+            if decision.decision == reasons.ALLOW and isinstance(exc, GateError):
+                decision.reason, decision.status = exc.reason, exc.status_code  # failed while forwarding
+            else:
+                decision.deny(exc.reason, exc.status_code)
+            await self._send_error(send, exc)
+        except ClientGone:
+            decision.reason, decision.status = "client_gone", 499
+        except Exception:
+            log.exception("unexpected error in the proxy")
+            if decision.response_started:
+                raise
+            decision.deny(reasons.INTERNAL_ERROR, 500)
+            await self._send_error(send, GateError(500, reasons.INTERNAL_ERROR, "Internal error."))
+        finally:
+            self.metrics.in_flight.dec()
+            decision.duration = time.perf_counter() - decision.started
+            self.metrics.record(decision)
+            self.log.record(decision)
+
+    async def _send_error(self, send: Send, exc: ScopegateError) -> None:
+        """The one place an error of the family becomes the proxy's response."""
+        body = exc.body_bytes()
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.get_headers().items()]
+        headers.append((b"content-length", str(len(body)).encode()))
+        if isinstance(exc, GateError) and exc.close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # ------------------------------------------------------------------------------------------ the gate
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+        head = self.guard.check(scope)                                  # 1
+        path = normalize_path(head.raw_path)                            # 2
+        decision.path = path
+        resource = self.resources.resolve(path, head.host)              # 3
+        route = self.routes.match(head.method, path)                    # 4
+        if route is not None:
+            decision.route = route.name
+            if route.public:
+                decision.allow(reasons.PUBLIC)
+                return await self._forward(scope, receive, send, head, path, None, decision)
+        if resource is None:
+            raise GateError(403, reasons.NO_RESOURCE, "No authorization server covers this path.")
+        decision.as_id = resource.as_id
+        if head.preflight:
+            # CORS preflights carry no credentials (Fetch standard); the upstream answers them, as behind Envoy.
+            decision.allow(reasons.PREFLIGHT)
+            return await self._forward(scope, receive, send, head, path, None, decision)
+        if route is None:
+            decision.route = UNROUTED
+            if self.cfg.proxy.unrouted != "any_valid_token":
+                raise GateError(403, reasons.NO_ROUTE, "No route allows this method and path.")
+
+        body = self._body(receive, head)
+        other_method = self._token_in_query(head.query)
+        if head.form and head.authorization and body is not None:
+            other_method = other_method or self._token_in_form(await body.read_all())
+        token = extract_bearer(head.authorization, other_method=other_method, realm=resource.as_id)   # 5
+        verified = await self._verify(token, resource.as_id, decision)                                 # 6, 7
+        now = self.now()
+        if self.revocation.is_stale(now):                                                               # 8
+            if self.cfg.revocation.on_stale == "deny":
+                raise GateError(503, reasons.STALE_REVOCATION, "Revocation state is stale; try again shortly.")
+            stale = True
+        else:
+            stale = False
+        if self.revocation.is_revoked(verified.claims):
+            raise BearerError("invalid_token", "The access token has been revoked.", realm=resource.as_id,
+                              reason=reasons.REVOKED)
+        self._check_scopes(route, verified, resource.as_id)                                             # 9
+        decision.allow(reasons.STALE_REVOCATION if stale else reasons.OK)
+        await self._forward(scope, receive, send, head, path, verified, decision, body)                # 10
+
+    async def _verify(self, token: str, as_id: str, decision: Decision) -> VerifiedToken:
+        verified = self.cache.get(as_id, token)
+        if verified is not None:
+            decision.token_cache = "hit"
+            self.metrics.cache_hit.inc()
+        else:
+            decision.token_cache = "miss"
+            self.metrics.cache_miss.inc()
+            verified = await self.validator.validate(token, self.policies[as_id], self.now())
+            self.cache.put(token, verified)
+        decision.subject = verified.subject
+        decision.client_id = verified.client_id
+        decision.scopes = verified.scope_header
+        return verified
+
+    @staticmethod
+    def _check_scopes(route: Route | None, verified: VerifiedToken, realm: str) -> None:
+        if route is None or route.scopes is None:
+            return
+        if not route.scopes.is_satisfied_by(verified.scopes):
+            raise BearerError("insufficient_scope", "The access token lacks a scope this route needs.", realm=realm,
+                              scope=route.scopes.challenge, reason=reasons.INSUFFICIENT_SCOPE)
+
+    @staticmethod
+    def _token_in_query(query: bytes) -> bool:
+        if not query or (b"access" not in query and b"%" not in query):
+            return False
+        return any(name == "access_token" for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+
+    @staticmethod
+    def _token_in_form(body: bytes) -> bool:
+        if b"access" not in body and b"%" not in body:
+            return False
+        return any(name == "access_token" for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+
+    def _body(self, receive: Receive, head: RequestHead) -> RequestBody | None:
+        if not head.chunked and not head.content_length:
+            return None
+        limits = self.cfg.proxy.limits
+        return RequestBody(receive, max_bytes=limits.max_body_bytes, deadline=time.monotonic() + limits.read_timeout)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, head: RequestHead, path: str,
+                       verified: VerifiedToken | None, decision: Decision, body: RequestBody | None = None) -> None:
+        if body is None:
+            body = self._body(receive, head)
+        headers = self.headers.upstream_headers(head, scope, verified)
+        query = head.query.decode("latin-1")
+        target = path + ("?" + query if query else "")
+        started = time.perf_counter()
+
+        def on_start(status: int) -> None:
+            decision.response_started = True
+            decision.status = status
+
+        try:
+            if self.echo:
+                on_start(await echo(head.method, path, query, headers, body, send))
+                decision.response_started = True
+            else:
+                if self.forwarder is None:
+                    raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The proxy is not started.")
+                await self.forwarder.forward(head.method, target, headers, body, send, on_start)
+        finally:
+            decision.upstream_duration = time.perf_counter() - started
+
+

@@ -1,0 +1,210 @@
+"""Step 10 of the gate: forward to the upstream over one pooled aiohttp session, streaming both ways.
+
+Header handling follows security.md §3.2's order: (1) drop hop-by-hop headers and every header named in
+``Connection``; (2) drop client copies of identity and forwarding headers in any case, ``-`` or ``_``
+spelling, duplicated or not; (3) only then add the proxy's own headers, which nothing can remove
+afterwards (Traefik CVE-2021-32813). The framing is rebuilt by aiohttp, never copied (security.md §3.1).
+The URL is the configured upstream plus the normalized path, sent byte for byte (``encoded=True``: aiohttp
+must not re-quote what was authorized). Connect error → 502, timeout → 504, with a short JSON body and no
+internals; aiohttp never retries a non-idempotent request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from authz.errors import GateError
+from config.schema import ScopegateConfig
+from proxy import reasons
+from proxy.guard import RequestHead, is_protected, protected_names
+from proxy.validate import VerifiedToken
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "content-length", "host",
+})
+"""RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host)."""
+_RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
+                            "transfer-encoding", "upgrade"})
+_SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+
+
+class ClientGone(Exception):
+    """The client disconnected while its body was being read."""
+
+
+class RequestBody:
+    """The client's body as an async iterator, bounded in size and time; optionally read whole first."""
+
+    def __init__(self, receive: Receive, *, max_bytes: int, deadline: float) -> None:
+        self._receive = receive
+        self._max = max_bytes
+        self._deadline = deadline
+        self._seen = 0
+        self._buffered: bytes | None = None
+        self._more = True
+        self.error: BaseException | None = None
+        """What stopped the body (aiohttp wraps errors raised inside a request body into its own)."""
+
+    async def _next(self) -> bytes:
+        try:
+            return await self._read()
+        except (GateError, ClientGone) as exc:
+            self.error = exc
+            raise
+
+    async def _read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + max(0.0, self._deadline - time.monotonic())):
+                message = await self._receive()
+        except TimeoutError:
+            raise GateError(408, reasons.READ_TIMEOUT, "The request body was not received in time.", close=True) from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        self._more = message.get("more_body", False)
+        self._seen += len(chunk)
+        if self._seen > self._max:
+            raise GateError(413, reasons.TOO_LARGE, "The request body is too large.", close=True)
+        return chunk
+
+    async def read_all(self) -> bytes:
+        """Read the whole body (forms only: they are small and must be searched for a token)."""
+        parts = []
+        while self._more:
+            parts.append(await self._next())
+        self._buffered = b"".join(parts)
+        return self._buffered
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._buffered is not None:
+            if self._buffered:
+                yield self._buffered
+            return
+        while self._more:
+            chunk = await self._next()
+            if chunk:
+                yield chunk
+
+
+class HeaderPlan:
+    """Header sets and names built once per configuration."""
+
+    def __init__(self, cfg: ScopegateConfig) -> None:
+        identity = cfg.proxy.identity
+        self.protected = protected_names(identity)
+        self.subject = identity.subject_header
+        self.client_id = identity.client_id_header
+        self.scopes = identity.scopes_header
+        self.auth_server = identity.auth_server_header
+        self.forward_authorization = identity.forward_authorization
+
+    def upstream_headers(self, head: RequestHead, scope: Mapping[str, Any], token: VerifiedToken | None) -> list[tuple[str, str]]:
+        connection_named: set[str] = set()
+        for key, value in head.headers:
+            if key == b"connection":
+                connection_named.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+        out: list[tuple[str, str]] = []
+        protected = self.protected
+        for raw_name, raw_value in head.headers:
+            name = raw_name.decode("latin-1")
+            if name in HOP_BY_HOP or name in connection_named or "_" in name:
+                continue
+            if is_protected(name, protected):
+                continue
+            if name == "authorization" and not self.forward_authorization:
+                continue
+            out.append((name, raw_value.decode("latin-1")))
+        if head.content_length is not None and (head.content_length or head.method not in ("GET", "HEAD")):
+            out.append(("Content-Length", str(head.content_length)))
+        client = scope.get("client")
+        if client:
+            out.append(("X-Forwarded-For", str(client[0])))
+        out.append(("X-Forwarded-Proto", str(scope.get("scheme", "http"))))
+        if head.host is not None:
+            out.append(("X-Forwarded-Host", head.host))
+        if token is not None:
+            out.append((self.subject, token.subject))
+            out.append((self.client_id, token.client_id))
+            out.append((self.scopes, token.scope_header))
+            out.append((self.auth_server, token.as_id))
+        return out
+
+
+def response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers minus hop-by-hop ones and those its Connection names."""
+    named: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    out = []
+    has_te = any(name.lower() == b"transfer-encoding" for name, _ in raw)
+    for name, value in raw:
+        lower = name.lower()
+        if lower.decode("latin-1") in _RESPONSE_DROP or lower in named:
+            continue
+        if has_te and lower == b"content-length":
+            continue
+        out.append((lower, value))
+    return out
+
+
+class Forwarder:
+    """Owns the pooled upstream session (created at start-up, closed at shutdown)."""
+
+    def __init__(self, cfg: ScopegateConfig) -> None:
+        self.base = cfg.upstream.url
+        self.upstream = cfg.upstream
+        self.session: aiohttp.ClientSession | None = None
+
+    async def startup(self) -> None:
+        if self.session is not None:
+            return
+        connector = aiohttp.TCPConnector(limit=self.upstream.max_connections, keepalive_timeout=self.upstream.keepalive_timeout,
+                                         ttl_dns_cache=60)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.upstream.connect_timeout,
+                                        sock_read=self.upstream.timeout)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=_SKIP_AUTO)
+
+    async def shutdown(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: RequestBody | None,
+                      send: Send, on_start: Callable[[int], None]) -> None:
+        """Send the request, stream the response to ``send``; ``on_start(status)`` once headers go out."""
+        if self.session is None:
+            raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The upstream connection pool is not started.")
+        url = URL(self.base + target, encoded=True)
+        try:
+            async with self.session.request(method, url, headers=headers, data=body.__aiter__() if body else None,
+                                            allow_redirects=False) as response:
+                await send({"type": "http.response.start", "status": response.status,
+                            "headers": response_headers(response.raw_headers)})
+                on_start(response.status)
+                if method != "HEAD":
+                    async for chunk in response.content.iter_any():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except GateError:
+            raise
+        except Exception as exc:
+            if body is not None and body.error is not None:
+                raise body.error from None
+            if isinstance(exc, TimeoutError):  # aiohttp.ServerTimeoutError is one
+                raise GateError(504, reasons.UPSTREAM_TIMEOUT, "The upstream did not answer in time.") from None
+            if isinstance(exc, aiohttp.ClientError):
+                raise GateError(502, reasons.UPSTREAM_UNAVAILABLE, "The upstream is unavailable.") from None
+            raise

@@ -1,0 +1,165 @@
+"""Step 1 of the gate: the parse guard. What reaches ASGI is checked before anything else.
+
+uvicorn's httptools parser already refuses some malformed framing (CL+TE, bad chunk sizes) and reduces an
+absolute-form target to its path; h11 does less (security.md §0.4). Either way this guard checks the
+request as the app sees it, so the decision does not depend on which parser ran:
+
+- ambiguous framing: both ``Content-Length`` and ``Transfer-Encoding``, a repeated or malformed
+  ``Content-Length``, a ``Transfer-Encoding`` other than one ``chunked`` → 400 and the connection closed
+  (RFC 9112 §6.1: a server that processes such a message "MUST close the connection after responding");
+- NUL, CR or LF in a header value (obs-fold included: RFC 9112 §5.2 lets a server reject it) → 400;
+- ``_`` in the name of an identity or forwarding header (CGI-style backends fold ``_`` into ``-``) → 400;
+  other underscore names are dropped before forwarding, as nginx does by default;
+- a repeated ``Host`` (a decision input: security.md §3.3 "Reject duplicates of any header used for a
+  decision") → 400;
+- a fragment in the target → 400; an absolute-form target (RFC 9112 §3.2.2: "a server MUST accept the
+  absolute-form") is reduced to its path, and its authority chooses nothing;
+- a method that is not an upper-case token → 400 (security.md §3.1: lowercase methods);
+- too many or too large headers → 431, a target over the limit → 414, a declared body over the limit →
+  413 and the connection closed (security.md §3.6), all before any token work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authz.errors import GateError
+from config.schema import Identity, Limits
+from proxy import reasons
+
+_METHOD = re.compile(r"[A-Z]{1,20}")
+_FORWARDING = frozenset({
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix",
+    "x-forwarded-uri", "forwarded", "x-real-ip", "x-original-url", "x-rewrite-url", "x-http-method-override",
+    "x-original-uri", "x-original-method", "x-client-ip",
+})
+_PROTECTED_PREFIXES = ("x-scopegate-", "x-envoy-", "x-forwarded-")
+
+
+def protected_names(identity: Identity) -> frozenset[str]:
+    """Header names (lower-case, ``-`` spelling) a client may never send to the upstream."""
+    configured = {identity.subject_header, identity.client_id_header, identity.scopes_header,
+                  identity.auth_server_header}
+    return _FORWARDING | {name.lower().replace("_", "-") for name in configured}
+
+
+def is_protected(canonical: str, names: frozenset[str]) -> bool:
+    return canonical in names or canonical.startswith(_PROTECTED_PREFIXES)
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What the guard learned from the request line and headers, once."""
+
+    method: str
+    raw_path: bytes
+    """Origin-form path, without the query."""
+    query: bytes
+    host: str | None
+    authorization: list[bytes]
+    content_length: int | None
+    chunked: bool
+    form: bool
+    preflight: bool
+    headers: list[tuple[bytes, bytes]]
+
+
+class ParseGuard:
+    def __init__(self, limits: Limits, identity: Identity) -> None:
+        self.limits = limits
+        self.protected = protected_names(identity)
+
+    def check(self, scope: Mapping[str, Any]) -> RequestHead:
+        limits = self.limits
+        method: str = scope["method"]
+        if not _METHOD.fullmatch(method):
+            raise GateError(400, reasons.BAD_METHOD, "The request method must be an upper-case token.")
+        # ASGI's raw_path excludes the query, but some servers and test transports include it.
+        raw_path: bytes = (scope.get("raw_path") or scope["path"].encode("utf-8")).partition(b"?")[0]
+        query: bytes = scope.get("query_string", b"")
+        if len(raw_path) + len(query) + 1 > limits.max_target_bytes:
+            raise GateError(414, reasons.TARGET_TOO_LONG, "The request target is too long.", close=True)
+        if b"#" in raw_path or b"#" in query:
+            raise GateError(400, reasons.BAD_PATH, "The request target must not carry a fragment.")
+        if not raw_path.startswith(b"/"):
+            raw_path = _origin_form(raw_path)
+
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if len(headers) > limits.max_headers:
+            raise GateError(431, reasons.HEADERS_TOO_LARGE, "The request has too many headers.", close=True)
+        total = 0
+        host: str | None = None
+        hosts = 0
+        authorization: list[bytes] = []
+        content_lengths: list[bytes] = []
+        transfer_encodings: list[bytes] = []
+        form = False
+        origin = False
+        acrm = False
+        for name, value in headers:
+            total += len(name) + len(value) + 4
+            if b"\x00" in value or b"\r" in value or b"\n" in value:
+                raise GateError(400, reasons.BAD_HEADER, "A header value contains a control character.", close=True)
+            if name == b"authorization":
+                authorization.append(value)
+            elif name == b"host":
+                hosts += 1
+                host = value.decode("latin-1")
+            elif name == b"content-length":
+                content_lengths.append(value)
+            elif name == b"transfer-encoding":
+                transfer_encodings.append(value)
+            elif name == b"content-type":
+                form = value[:33].lower() == b"application/x-www-form-urlencoded"
+            elif name == b"origin":
+                origin = True
+            elif name == b"access-control-request-method":
+                acrm = True
+            elif b"_" in name:
+                canonical = name.decode("latin-1").lower().replace("_", "-")
+                if is_protected(canonical, self.protected):
+                    raise GateError(400, reasons.BAD_HEADER, "Identity and forwarding headers cannot be spelled with '_'.")
+        if total > limits.max_header_bytes:
+            raise GateError(431, reasons.HEADERS_TOO_LARGE, "The request headers are too large.", close=True)
+        if hosts > 1:
+            raise GateError(400, reasons.BAD_HEADER, "The request carries more than one Host header.", close=True)
+
+        content_length = _content_length(content_lengths)
+        chunked = False
+        if transfer_encodings:
+            if content_lengths:
+                raise GateError(400, reasons.BAD_FRAMING, "Content-Length and Transfer-Encoding together are ambiguous.",
+                                close=True)
+            if len(transfer_encodings) > 1 or transfer_encodings[0].strip().lower() != b"chunked":
+                raise GateError(400, reasons.BAD_FRAMING, "Only 'Transfer-Encoding: chunked' is accepted.", close=True)
+            chunked = True
+        if content_length is not None and content_length > limits.max_body_bytes:
+            raise GateError(413, reasons.TOO_LARGE, "The request body is too large.", close=True)
+        return RequestHead(method, raw_path, query, host, authorization, content_length, chunked, form,
+                           method == "OPTIONS" and origin and acrm, headers)
+
+
+def _content_length(values: Iterable[bytes]) -> int | None:
+    values = list(values)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise GateError(400, reasons.BAD_FRAMING, "The request repeats Content-Length.", close=True)
+    value = values[0]
+    if not value.isdigit() or len(value) > 18:
+        raise GateError(400, reasons.BAD_FRAMING, "The Content-Length is malformed.", close=True)
+    return int(value)
+
+
+def _origin_form(target: bytes) -> bytes:
+    """RFC 9112 §3.2.2: keep the path of an absolute-form target; its authority is ignored."""
+    lowered = target[:8].lower()
+    for scheme in (b"http://", b"https://"):
+        if lowered.startswith(scheme):
+            rest = target[len(scheme):]
+            slash = rest.find(b"/")
+            return b"/" if slash < 0 else rest[slash:]
+    return target
