@@ -94,7 +94,7 @@ def lost_access(snapshot: Snapshot, change: Change) -> list[Watermark]:
     marks = []
     for user_id, client_id in sorted(pairs):
         app_after, user_after = apps_after.get(client_id), users_after.get(user_id)
-        if app_after is None or user_after is None or client_id not in apps_before:
+        if app_after is None or user_after is None or client_id not in apps_before or user_id not in users_before:
             continue
         if has_access(apps_before[client_id], users_before[user_id]) and not has_access(app_after, user_after):
             marks.append(Watermark.user_client(user_id, client_id))
