@@ -8,6 +8,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,33 @@ async def build_core(tmp_path: Path, document: dict[str, Any] | None = None) -> 
         core = Core(ctx, store, clock, client, cfg, syslog, revocation)
         yield core
     store.close()
+
+
+class _Inputs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, str] = {}
+        self.action = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.action = values.get("action", "")
+        if tag == "input" and values.get("type") == "hidden":
+            self.fields[values["name"]] = values.get("value", "")
+
+
+def read_form(html: str) -> tuple[str, dict[str, str]]:
+    """The sign-in form's action and hidden fields, as a browser sees them."""
+    parser = _Inputs()
+    parser.feed(html)
+    return parser.action, parser.fields
+
+
+async def sign_in(browser: httpx.AsyncClient, authorize_url: str, username: str = "alice@example.com",
+                  password: str = PASSWORD) -> httpx.Response:
+    """Load the authorize page and submit the form like a browser (cookies kept by the client)."""
+    page = await browser.get(authorize_url)
+    assert page.status_code == 200, page.text
+    action, fields = read_form(page.text)
+    return await browser.post(action, data={**fields, "username": username, "password": password})

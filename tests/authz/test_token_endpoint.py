@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+
 import jwt
+
 from tests.authz.oauth_kit import SECRET, WEB_SECRET, Core
 
 
