@@ -163,6 +163,10 @@ class StoreTx(Protocol):
 
     def set_key_status(self, as_id: str, kid: str, status: KeyStatus) -> None: ...
 
+    def list_signing_keys(self, as_id: str) -> list[SigningKey]:
+        """Inside a transaction: the AS's keys, locked until commit, so that two processes creating or
+        rotating the keys of one AS at once serialize instead of both writing (``authz.keys``)."""
+
     def record_token(self, token: IssuedToken) -> None:
         """Store the record (its ``seq`` was allocated with ``allocate_token_seq``)."""
 
