@@ -167,6 +167,11 @@ class SqlTx:
         if updated.rowcount == 0:
             raise StoreError(f"no signing key {kid!r} for authorization server {as_id!r}")
 
+    def list_signing_keys(self, as_id: str) -> list[SigningKey]:
+        self._store._lock_signing_keys(self._conn, as_id)
+        rows = self._exec(f"SELECT {_KEY_COLUMNS} FROM signing_keys WHERE as_id = ? ORDER BY created, kid", (as_id,)).fetchall()  # noqa: S608 (constant identifiers)
+        return [_key(row) for row in rows]
+
     def record_token(self, token: IssuedToken) -> None:
         self._exec(f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES ({_placeholders(_TOKEN_COLUMNS)})",  # noqa: S608 (constant identifiers)
                    _token_params(token))
@@ -257,6 +262,10 @@ class SqlStore(ABC):
         return None
 
     def _after_append_change(self, conn: Any, seq: int) -> None:
+        return None
+
+    def _lock_signing_keys(self, conn: Any, as_id: str) -> None:
+        """Serialize writers of one AS's keys (SQLite: the write transaction already does)."""
         return None
 
     @abstractmethod
