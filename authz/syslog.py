@@ -84,11 +84,20 @@ def _is_secret_key(key: object) -> bool:
     return isinstance(key, str) and key.lower().replace("_", "").replace("-", "") in _SECRET_KEYS
 
 
+def _is_secret_value(key: object, item: Any) -> bool:
+    """A credential is a scalar under a secret-bearing key. Objects under such keys are configuration
+    (a rule's ``actions.token`` lifetimes, an app's ``refreshToken`` rotation settings) and are searched
+    inside instead."""
+    if not _is_secret_key(key) or item is None or isinstance(item, (bool, Mapping, list, tuple)):
+        return False
+    return item not in ("", REDACTED)
+
+
 def _secret_paths(value: Any, path: str, found: list[str]) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             sub = f"{path}.{key}" if path else str(key)
-            if _is_secret_key(key) and item not in (None, "", [], {}, REDACTED):
+            if _is_secret_value(key, item):
                 found.append(sub)
             else:
                 _secret_paths(item, sub, found)
@@ -116,7 +125,7 @@ def check_no_secrets(event: Mapping[str, Any]) -> None:
 def _redact(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if _is_secret_key(key) and item not in (None, "", [], {}) else _redact(item))
+            key: (REDACTED if _is_secret_value(key, item) else _redact(item))
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import re
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from authz.store.base import LogRecord
+from authz.store.sqlite import SqliteStore
 from authz.syslog import (
     REDACTED,
     SecretInLogError,
@@ -25,15 +28,15 @@ NOW = 1_700_000_000.123456
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
 
-class RecordingTx:
-    """Only ``append_log`` of the StoreTx contract, to see what record() hands the store."""
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(f"sqlite:///{tmp_path / 'log.db'}")
+    yield s
+    s.close()
 
-    def __init__(self) -> None:
-        self.appended: list[tuple[dict[str, Any], float]] = []
 
-    def append_log(self, event: dict[str, Any], published: float) -> int:
-        self.appended.append((event, published))
-        return len(self.appended)
+def stored(store: SqliteStore) -> list[LogRecord]:
+    return list(store.iter_logs())
 
 
 class TestMakeEvent:
@@ -120,6 +123,17 @@ class TestRedaction:
         assert find_secrets(event) == []
         check_no_secrets(event)
 
+    def test_configuration_objects_under_token_keys_are_not_secrets(self) -> None:
+        """A rule's actions.token and an app's refreshToken settings are configuration, not secrets."""
+        change = {"from": {"actions": {"token": {"accessTokenLifetimeMinutes": 60}}},
+                  "to": {"refreshToken": {"rotationType": "ROTATE", "leeway": 0}, "code": {"client_secret": "s"}}}
+        event = make_event("policy.rule.update", now=NOW, targets=[{"id": "0pr1", "changeDetails": change}])
+        assert find_secrets(event) == ["target[0].changeDetails.to.code.client_secret"]
+        clean = redact_secrets(event)["target"][0]["changeDetails"]
+        assert clean["from"]["actions"]["token"] == {"accessTokenLifetimeMinutes": 60}
+        assert clean["to"]["refreshToken"] == {"rotationType": "ROTATE", "leeway": 0}
+        assert clean["to"]["code"] == {"client_secret": REDACTED}
+
     def test_redaction_replaces_values_and_keeps_the_rest(self) -> None:
         """Redaction replaces only the secret values and leaves the input untouched."""
         event = make_event("x", now=NOW, debug_data={"client_secret": "abc", "grant_type": "password"})
@@ -129,34 +143,49 @@ class TestRedaction:
 
 
 class TestSystemLog:
-    def test_record_appends_in_the_transaction_and_writes_one_json_line(self) -> None:
-        """record() appends with the event's epoch and writes the same event as one JSON line."""
+    def test_record_appends_in_the_transaction_and_writes_one_json_line(self, store: SqliteStore) -> None:
+        """record() stores the event with its epoch and writes the same event as one JSON line."""
         stream = io.StringIO()
         log = SystemLog(stream)
-        tx = RecordingTx()
         event = make_event("app.oauth2.as.token.grant", now=NOW)
-        log.record(tx, event)  # type: ignore[arg-type]
-        assert len(tx.appended) == 1
-        stored, published = tx.appended[0]
-        assert stored == event
-        assert published == pytest.approx(NOW, abs=0.001)
+        with store.transaction() as tx:
+            log.record(tx, event)
+        records = stored(store)
+        assert len(records) == 1
+        assert records[0].event == event
+        assert records[0].published == pytest.approx(NOW, abs=0.001)
         lines = stream.getvalue().splitlines()
         assert len(lines) == 1
         assert json.loads(lines[0]) == event
 
-    def test_record_scrubs_secrets_before_storing_or_printing(self) -> None:
+    def test_event_rolls_back_with_its_transaction(self, store: SqliteStore) -> None:
+        """An event recorded in a transaction that fails is not kept (it belongs to the decision)."""
+        log = SystemLog(None)
+
+        def failing_decision() -> None:
+            with store.transaction() as tx:
+                log.record(tx, make_event("x", now=NOW))
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            failing_decision()
+        assert stored(store) == []
+
+    def test_record_scrubs_secrets_before_storing_or_printing(self, store: SqliteStore) -> None:
         """A secret handed to record() reaches neither the store nor stdout."""
         stream = io.StringIO()
         log = SystemLog(stream)
-        tx = RecordingTx()
         event = make_event("x", now=NOW, debug_data={"refresh_token": "rt-value", "note": JWT})
-        log.record(tx, event, published=NOW)  # type: ignore[arg-type]
+        with store.transaction() as tx:
+            log.record(tx, event, published=NOW)
         assert "rt-value" not in stream.getvalue() and JWT not in stream.getvalue()
-        assert find_secrets(tx.appended[0][0]) == []
+        record = stored(store)[0]
+        assert find_secrets(record.event) == []
+        assert "rt-value" not in json.dumps(record.event)
         assert log.redactions == 1
 
-    def test_stream_none_only_stores(self) -> None:
+    def test_stream_none_only_stores(self, store: SqliteStore) -> None:
         """With no stream the event is still stored."""
-        tx = RecordingTx()
-        SystemLog(None).record(tx, make_event("x", now=NOW))  # type: ignore[arg-type]
-        assert len(tx.appended) == 1
+        with store.transaction() as tx:
+            SystemLog(None).record(tx, make_event("x", now=NOW))
+        assert len(stored(store)) == 1
