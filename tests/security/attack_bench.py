@@ -19,7 +19,7 @@ import io
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,13 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from prometheus_client import CollectorRegistry
 
 from authz.store.base import SigningKey
 from config.schema import ScopegateConfig
+from proxy.app import ProxyApp
 from proxy.keys import IssuerKeys, LocalKeys
+from proxy.metrics import ProxyMetrics
 
 NOW = 1_800_000_000.0
 """The gate's clock in these tests (tokens are minted relative to it)."""
@@ -228,7 +231,7 @@ def gate_config(upstream_url: str, **proxy: Any) -> ScopegateConfig:
 
 @dataclass
 class Gate:
-    app: Any
+    app: ProxyApp
     upstream: RecordingUpstream
     revocations: Revocations
     table: KeyTable
@@ -241,13 +244,20 @@ class Gate:
             headers["Authorization"] = f"Bearer {token}"
         return await self.client.request(kwargs.pop("method", "GET"), path, headers=headers, **kwargs)
 
+    async def asgi_with_host(self, method: str, raw_path: bytes, host: bytes,
+                             headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, str], bytes]:
+        return await self.asgi(method, raw_path, headers, host=host)
+
     async def asgi(self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]],
-                   query: bytes = b"", body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-        """One request with a raw path the ASGI server would hand over (no client-side normalization)."""
+                   query: bytes = b"", body: bytes = b"", host: bytes = HOST.encode()) -> tuple[int, dict[str, str], bytes]:
+        """One request with a raw path the ASGI server would hand over (no client-side normalization).
+
+        Header names are lower-cased as the ASGI spec requires of servers; case and ``_`` spellings as
+        sent on the wire are tested over a real socket (``test_wire.py``)."""
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
             "method": method, "scheme": "http", "path": raw_path.decode("latin-1"), "raw_path": raw_path,
-            "query_string": query, "root_path": "", "headers": [(b"host", HOST.encode()), *headers],
+            "query_string": query, "root_path": "", "headers": [(b"host", host), *((k.lower(), v) for k, v in headers)],
             "client": ("203.0.113.9", 40000), "server": ("127.0.0.1", 8080),
         }
         sent = False
@@ -260,7 +270,7 @@ class Gate:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             nonlocal status, out_headers
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -272,57 +282,8 @@ class Gate:
         return status, out_headers, b"".join(chunks)
 
 
-def build_proxy_app(cfg: ScopegateConfig, keys: IssuerKeys, revocations: Revocations, log: io.StringIO) -> Any:
-    try:
-        from proxy.app import ProxyApp
-        from proxy.metrics import ProxyMetrics
-    except ImportError:  # until the gate lands: its validation stage behind a minimal stand-in
-        return ValidatorOnlyGate(cfg, keys, revocations)
-    from prometheus_client import CollectorRegistry
-
+def build_proxy_app(cfg: ScopegateConfig, keys: IssuerKeys, revocations: Revocations, log: io.StringIO) -> ProxyApp:
     return ProxyApp(cfg, keys, revocations, ProxyMetrics(CollectorRegistry()), log_stream=log, now=lambda: NOW)
-
-
-class ValidatorOnlyGate:
-    """TEMPORARY stand-in while proxy/app.py is not written: bearer extraction and token validation of
-    the real modules, then a forward with httpx. Only the token tests can run against it."""
-
-    def __init__(self, cfg: ScopegateConfig, keys: IssuerKeys, revocations: Revocations) -> None:
-        from proxy.validate import TokenValidator, build_issuer_policies
-
-        self.cfg = cfg
-        self.policies = build_issuer_policies(cfg, keys)
-        self.validator = TokenValidator(keys, leeway=cfg.proxy.leeway, max_token_bytes=cfg.proxy.limits.max_token_bytes)
-        self.revocations = revocations
-
-    async def startup(self) -> None: ...
-
-    async def shutdown(self) -> None: ...
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        from authz.errors import BearerError, ScopegateError
-        from proxy.bearer import extract_bearer
-
-        path = scope["raw_path"].decode()
-        as_id = "admin" if path.startswith("/admin") else "orders"
-        need = "admin:all" if as_id == "admin" else "orders:read"
-        try:
-            auth = [v for k, v in scope["headers"] if k == b"authorization"]
-            token = extract_bearer(auth, other_method=False, realm=as_id)
-            verified = await self.validator.validate(token, self.policies[as_id], NOW)
-            if self.revocations.is_revoked(verified.claims):
-                raise BearerError("invalid_token", "revoked", realm=as_id, reason="revoked")
-            if need not in verified.scopes:
-                raise BearerError("insufficient_scope", "", realm=as_id, scope=need)
-        except ScopegateError as exc:
-            headers = [(k.lower().encode(), v.encode()) for k, v in exc.get_headers().items()]
-            await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-            await send({"type": "http.response.body", "body": exc.body_bytes()})
-            return
-        async with httpx.AsyncClient() as client:
-            response = await client.get(self.cfg.upstream.url + path)
-        await send({"type": "http.response.start", "status": response.status_code, "headers": []})
-        await send({"type": "http.response.body", "body": response.content})
 
 
 @pytest.fixture
@@ -380,8 +341,10 @@ async def read_response(reader: asyncio.StreamReader, wait: float) -> RawRespons
     try:
         async with asyncio.timeout(wait):
             head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-        return RawResponse(0, b"", b"", True)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return RawResponse(0, b"", b"", True)  # closed without an answer
+    except TimeoutError:
+        return RawResponse(-1, b"", b"", False)  # no answer, connection still open
     status = int(head.split(b" ", 2)[1])
     length = 0
     for line in head.split(b"\r\n")[1:]:
