@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authz.store.base import KeyStatus, SigningKey
+from authz.store.sqlite import SqliteStore
 from config.schema import AuthorizationServerConfig, RemoteIssuer, ScopegateConfig
 from proxy.keys import IssuerKeys, LocalKeys, build_key_resolver
 from proxy.remote import RemoteIssuerKeys
@@ -204,3 +206,22 @@ async def test_build_key_resolver_maps_local_servers_to_their_issuers() -> None:
     assert await resolver.resolve(ISS_B, "b1") is not None
     assert await resolver.resolve(ISS_B, "a1") is None
     await resolver.aclose()
+
+
+async def test_keys_come_from_the_real_sqlite_store_and_follow_a_rotation(tmp_path: Path) -> None:
+    """Against SqliteStore: keys load at start; after a rotation (NEXT → ACTIVE), reload() serves the new key."""
+    store = SqliteStore(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:
+        store.add_signing_key(signing_key("s1", "a"))
+        keys = LocalKeys(store, {ISS_A: "a"})
+        await keys.start()
+        assert await keys.resolve(ISS_A, "s1") is not None
+        with store.transaction() as tx:
+            tx.add_signing_key(signing_key("s2", "a", "NEXT"))
+            tx.set_key_status("a", "s1", "EXPIRED")
+            tx.set_key_status("a", "s2", "ACTIVE")
+        await keys.reload()
+        assert keys.kids(ISS_A) == {"s1", "s2"}
+        await keys.aclose()
+    finally:
+        store.close()
