@@ -11,13 +11,11 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from authz.keys import active_signing_key, load_private_key
 from authz.store.base import SigningKey
 from config.schema import ClaimConfig, UserConfig
 
@@ -33,27 +31,16 @@ _PROFILE_CLAIMS = ("name", "family_name", "given_name", "middle_name", "nickname
                    "picture", "website", "gender", "birthdate", "zoneinfo", "locale", "updated_at")
 
 
-@lru_cache(maxsize=64)
-def _private_key(pem: bytes) -> RSAPrivateKey:
-    key = load_pem_private_key(pem, password=None)
-    if not isinstance(key, RSAPrivateKey):
-        raise ValueError("signing keys are RSA (RS256 only, spec §4.1)")
-    return key
-
-
 def active_key(keys: Iterable[SigningKey]) -> SigningKey:
     """New tokens are signed with the ACTIVE key (spec §1.1: 'new tokens are signed with the new ACTIVE key')."""
-    for key in keys:
-        if key.status == "ACTIVE":
-            return key
-    raise LookupError("the authorization server has no ACTIVE signing key")
+    return active_signing_key(keys)
 
 
 def sign(key: SigningKey, claims: Mapping[str, Any], typ: str | None = None) -> str:
     headers: dict[str, Any] = {"kid": key.kid}
     if typ:
         headers["typ"] = typ
-    return jwt.encode(dict(claims), _private_key(key.private_pem), algorithm="RS256", headers=headers)
+    return jwt.encode(dict(claims), load_private_key(key), algorithm="RS256", headers=headers)
 
 
 def new_opaque() -> str:

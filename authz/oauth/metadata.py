@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from authz.context import CoreContext
+from authz.keys import jwks_document
 from authz.oauth.common import Endpoint, in_thread, json_response, load_public_server
 from config.schema import OIDC_SCOPES, AuthorizationServerConfig
 
@@ -65,7 +66,7 @@ def keys_endpoint(ctx: CoreContext) -> Endpoint:
         stored = await in_thread(ctx.store.list_signing_keys, as_id)
         # [OIDC]: "Any of the two or three keys listed are used to sign tokens": ACTIVE, NEXT and the
         # EXPIRED key that may still verify tokens signed before a rotation (spec §5.2).
-        body = {"keys": [dict(k.public_jwk) for k in stored]}
+        body = jwks_document(stored)
         return json_response(body, headers={"Cache-Control": f"max-age={JWKS_MAX_AGE}, must-revalidate"})
 
     return keys
