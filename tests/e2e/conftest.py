@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -48,6 +48,7 @@ class RunningScopegate:
     log_path: Path
     config: dict[str, Any] = field(default_factory=dict)
     admin_token: str = ADMIN_TOKEN
+    log_file: IO[str] | None = None
 
     def issuer(self, as_id: str) -> str:
         return f"{self.config['issuer']}/oauth2/{as_id}"
@@ -66,6 +67,8 @@ class RunningScopegate:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.log_file is not None:
+            self.log_file.close()
         return int(self.process.returncode)
 
 
@@ -118,7 +121,7 @@ def scopegate(tmp_path: Path) -> Iterator[Callable[..., RunningScopegate]]:
             return f"{'https' if tls else 'http'}://{listen[key]}"
 
         gate = RunningScopegate(proc, path, url("proxy"), url("core") if listen["core"] != "off" else "", url("ops"),
-                                log_path, doc)
+                                log_path, doc, log_file=log)
         started.append(gate)
         if wait:
             _wait_ready(gate, time.monotonic() + 60)
