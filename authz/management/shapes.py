@@ -162,8 +162,10 @@ def server_to_okta(issuer: str, base: str, doc: Doc, created: float, updated: fl
         if doc.get(extension):
             out[extension] = True
     href = f"{base}/api/v1/authorizationServers/{doc['id']}"
-    out["_links"] = _links(href, scopes=f"{href}/scopes", claims=f"{href}/claims", policies=f"{href}/policies",
-                           keys=f"{href}/credentials/keys", metadata=f"{issuer}/.well-known/oauth-authorization-server")
+    out["_links"] = {**_links(href, scopes=f"{href}/scopes", claims=f"{href}/claims", policies=f"{href}/policies"),
+                     # Okta's one list-valued link: the two metadata documents.
+                     "metadata": [{"href": f"{issuer}/.well-known/oauth-authorization-server"},
+                                  {"href": f"{issuer}/.well-known/openid-configuration"}]}
     return out
 
 

@@ -115,7 +115,8 @@ class Api:
         return [c.data for c in self.store.changes_since(0) if c.kind == "watermark"]
 
 
-async def build_api(tmp_path: Path) -> AsyncIterator[Api]:
+def build_context(tmp_path: Path) -> tuple[CoreContext, Starlette, Clock]:
+    """A seeded core context and the Starlette app serving the management API."""
     clock = Clock()
     cfg = ScopegateConfig.model_validate({"issuer": ISSUER, "adminTokens": [ADMIN_TOKEN, SECOND_ADMIN_TOKEN]})
     store = SqliteStore(f"sqlite:///{tmp_path / 'mgmt.db'}")
@@ -130,7 +131,12 @@ async def build_api(tmp_path: Path) -> AsyncIterator[Api]:
     ctx = CoreContext(config=cfg, store=store, syslog=syslog, revocation=revocation, now=clock,
                       refresh_revocations=refresh)
     app = Starlette(routes=management_routes(ctx), exception_handlers={ScopegateError: handle_scopegate_error})
+    return ctx, app, clock
+
+
+async def build_api(tmp_path: Path) -> AsyncIterator[Api]:
+    ctx, app, clock = build_context(tmp_path)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER,
                                  headers={"Authorization": f"SSWS {ADMIN_TOKEN}"}) as client:
-        yield Api(ctx, store, clock, client, revocation, syslog)
-    store.close()
+        yield Api(ctx, ctx.store, clock, client, ctx.revocation, ctx.syslog)
+    ctx.store.close()
