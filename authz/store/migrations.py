@@ -147,6 +147,12 @@ INSERT INTO token_seq (id, value) VALUES (1, 0);
 }
 
 
+def schema_version_table(dialect: Dialect) -> str:
+    """Created before any migration runs: the record of which migrations were applied."""
+    return (f"CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+            f"applied {_TYPES[dialect]['real']} NOT NULL)")
+
+
 def migrations(dialect: Dialect) -> list[list[str]]:
     """The migrations in order, each a list of statements for ``dialect``."""
     first = _MIGRATION_1.format(**_TYPES[dialect]) + _TOKEN_SEQ[dialect]

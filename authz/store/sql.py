@@ -35,7 +35,8 @@ from authz.store.base import (
     StoredObject,
     StoreTx,
 )
-from authz.store.errors import StoreError
+from authz.store.errors import StoreConflict, StoreError
+from authz.store.migrations import Dialect, migrations, schema_version_table
 
 _LOG_PAGE = 1000
 
@@ -231,6 +232,8 @@ class SqlStore(ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.display_url = url
+        """The URL as error messages show it (a password is masked)."""
         self._state = _ThreadState()
         self._changed = threading.Condition()
         self._change_count = 0
@@ -268,8 +271,26 @@ class SqlStore(ABC):
         """Serialize writers of one AS's keys (SQLite: the write transaction already does)."""
         return None
 
+    def _lock_for_migration(self, tx: SqlTx) -> None:
+        """Serialize processes migrating one database at once (SQLite: the write transaction does)."""
+        return None
+
     @abstractmethod
     def close(self) -> None: ...
+
+    def _migrate(self, dialect: Dialect) -> None:
+        steps = migrations(dialect)
+        with self._transaction() as tx:
+            self._lock_for_migration(tx)
+            tx._exec(schema_version_table(dialect))
+            current = int(tx._exec("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+            if current > len(steps):
+                raise StoreConflict(f"store {self.display_url} has schema version {current}, written by a newer "
+                                    f"scopegate (this one knows versions up to {len(steps)}); upgrade scopegate")
+            for version, statements in enumerate(steps[current:], start=current + 1):
+                for statement in statements:
+                    tx._exec(statement)
+                tx._exec("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, time.time()))
 
     # --- transactions --------------------------------------------------------------------------------
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
 
 from authz.store.errors import StoreConflict, StoreError
-from authz.store.migrations import migrations
 from authz.store.sql import Cursor, SqlStore
 
 BUSY_TIMEOUT_MS = 10_000
@@ -60,7 +58,7 @@ class SqliteStore(SqlStore):
                 raise StoreError(f"cannot open store {url}: cannot create directory {parent}: "
                                  f"{exc.strerror or exc}") from exc
         try:
-            self._migrate()
+            self._migrate("sqlite")
         except BaseException:
             self.close()
             raise
@@ -134,16 +132,3 @@ class SqliteStore(SqlStore):
     def _current_token_seq(self, conn: Any) -> int:
         row = self._exec(conn, "SELECT value FROM token_seq WHERE id = 1").fetchone()
         return int(row[0])
-
-    def _migrate(self) -> None:
-        steps = migrations("sqlite")
-        with self._transaction() as tx:
-            tx._exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
-            current = int(tx._exec("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
-            if current > len(steps):
-                raise StoreConflict(f"store {self.url} has schema version {current}, written by a newer scopegate "
-                                    f"(this one knows versions up to {len(steps)}); upgrade scopegate")
-            for version, statements in enumerate(steps[current:], start=current + 1):
-                for statement in statements:
-                    tx._exec(statement)
-                tx._exec("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, time.time()))
