@@ -34,6 +34,7 @@ from proxy.decisionlog import DecisionLog
 from proxy.echo import echo
 from proxy.forward import ClientGone, Forwarder, HeaderPlan, RequestBody
 from proxy.guard import ParseGuard, RequestHead
+from proxy.introspection import Introspector
 from proxy.keys_api import KeyResolver
 from proxy.metrics import ProxyMetrics
 from proxy.paths import normalize_path
@@ -77,6 +78,13 @@ class ProxyApp:
         self.routes = RouteTable(config.routes)
         self.resources = ResourceMap(config)
         self.policies: dict[str, IssuerPolicy] = build_issuer_policies(config, self.keys)
+        # Remote issuers with RFC 7662 introspection configured: the only way to learn their revocations.
+        find = getattr(self.keys, "introspector", None)
+        self.introspectors: dict[str, Introspector] = {}
+        if callable(find):
+            for as_id, policy in self.policies.items():
+                if not policy.local and (introspector := find(policy.issuer)) is not None:
+                    self.introspectors[as_id] = introspector
         self.validator = TokenValidator(self.keys, leeway=config.proxy.leeway,
                                         max_token_bytes=config.proxy.limits.max_token_bytes)
         self.cache = TokenCache(config.proxy.token_cache_size, self.now)
@@ -218,6 +226,9 @@ class ProxyApp:
         if self.revocation.is_revoked(verified.claims):
             raise BearerError("invalid_token", "The access token has been revoked.", realm=resource.as_id,
                               reason=reasons.REVOKED)
+        introspector = self.introspectors.get(resource.as_id)
+        if introspector is not None:
+            await introspector.validate_active(token, jti=str(verified.claims.get("jti", "")), exp=verified.exp)
         self._check_scopes(route, verified, resource.as_id)                                             # 9
         decision.allow(reasons.STALE_REVOCATION if stale else reasons.OK)
         await self._forward(scope, receive, send, head, path, verified, decision, body)                # 10

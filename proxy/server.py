@@ -37,6 +37,7 @@ from proxy.app import ProxyApp
 from proxy.keys import IssuerKeys, build_key_resolver
 from proxy.metrics import ProxyMetrics
 from proxy.ops import Check, build_ops_app
+from proxy.protocol import guarded_protocol
 
 EXIT_STARTUP = 2
 
@@ -161,10 +162,13 @@ class Scopegate:
 
     async def _serve(self, listener: Listener) -> None:
         tls = self.cfg.listen.tls if listener.tls else None
+        http: Any = "httptools"
+        if listener.name == "proxy":
+            http = guarded_protocol(self.cfg.proxy.limits.read_timeout)
         config = uvicorn.Config(
             listener.app,
             lifespan="off",
-            http="httptools",
+            http=http,
             loop="none",
             log_level="warning",
             access_log=False,

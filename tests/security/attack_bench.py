@@ -363,11 +363,15 @@ async def read_response(reader: asyncio.StreamReader, wait: float) -> RawRespons
 
 @pytest.fixture
 async def wire(gate: Gate) -> AsyncIterator[RawClient]:
-    """The same gate app behind uvicorn with httptools, on a free port."""
+    """The same gate app behind uvicorn with the proxy listener's protocol (httptools plus the fragment
+    check and the head read deadline), as ``scopegate run`` serves it, on a free port."""
     import uvicorn
 
+    from proxy.protocol import guarded_protocol
+
     port = free_port()
-    config = uvicorn.Config(gate.app, host="127.0.0.1", port=port, lifespan="off", http="httptools", loop="none",
+    config = uvicorn.Config(gate.app, host="127.0.0.1", port=port, lifespan="off",
+                            http=guarded_protocol(READ_TIMEOUT), loop="none",
                             log_level="critical", access_log=False, server_header=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
