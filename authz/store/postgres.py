@@ -121,6 +121,7 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._closed = True
+        self._wake_waiters()
         with self._registry:
             connections, self._connections = self._connections, []
         listener, self._listener = self._listener, None
@@ -167,8 +168,9 @@ class PostgresStore(SqlStore):
     # --- change notifications ------------------------------------------------------------------------
 
     def wait_for_change(self, timeout: float) -> bool:
-        """True when any process committed a change-feed entry (NOTIFY) within ``timeout`` seconds."""
-        if not self._listen_lock.acquire(timeout=max(timeout, 0)):
+        """True when any process committed a change-feed entry (NOTIFY) within ``timeout`` seconds. A
+        waiter blocked when ``close()`` is called returns by its timeout; later calls return False."""
+        if self._closed or not self._listen_lock.acquire(timeout=max(timeout, 0)):
             return False
         try:
             listener = self._listener
@@ -184,6 +186,6 @@ class PostgresStore(SqlStore):
                 with suppress(psycopg.Error):
                     self._listener.close()
             self._listener = None
-            return super().wait_for_change(timeout)
+            return False if self._closed else super().wait_for_change(timeout)
         finally:
             self._listen_lock.release()

@@ -237,6 +237,7 @@ class SqlStore(ABC):
         self._state = _ThreadState()
         self._changed = threading.Condition()
         self._change_count = 0
+        self._closing = False
 
     # --- connections and dialect hooks ---------------------------------------------------------------
 
@@ -344,10 +345,17 @@ class SqlStore(ABC):
 
     def wait_for_change(self, timeout: float) -> bool:
         """Wait until this process commits a change-feed entry (True) or ``timeout`` passes (False).
-        Other processes' changes are found by polling ``changes_since``."""
+        Other processes' changes are found by polling ``changes_since``. Returns False at once after
+        ``close()``, which also wakes the waiters."""
         with self._changed:
             seen = self._change_count
-            return self._changed.wait_for(lambda: self._change_count != seen, timeout=timeout)
+            self._changed.wait_for(lambda: self._change_count != seen or self._closing, timeout=max(timeout, 0))
+            return self._change_count != seen
+
+    def _wake_waiters(self) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
 
     # --- bare writes: each its own transaction -------------------------------------------------------
 

@@ -105,6 +105,7 @@ class SqliteStore(SqlStore):
 
     def close(self) -> None:
         self._closed = True
+        self._wake_waiters()
         with self._registry:
             connections, self._connections = self._connections, []
         for conn in connections:

@@ -10,6 +10,7 @@ from typing import get_args
 
 import pytest
 
+from authz.keys import ensure_signing_keys
 from authz.store.base import (
     AuthorizationCode,
     IssuedToken,
@@ -126,6 +127,47 @@ class TestSigningKeys:
         """Changing the status of a key that does not exist raises instead of silently doing nothing."""
         with pytest.raises(StoreError):
             store.set_key_status("orders", "nope", "ACTIVE")
+
+    def test_concurrent_first_starts_create_one_pair(self, open_more: StoreFactory) -> None:
+        """Processes that start at once on an empty store create exactly one ACTIVE and one NEXT key."""
+        stores = [open_more() for _ in range(4)]
+        barrier = threading.Barrier(len(stores))
+        errors: list[BaseException] = []
+
+        def start(s: Store) -> None:
+            barrier.wait()
+            try:
+                ensure_signing_keys(s, "orders", NOW)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(k.status for k in stores[0].list_signing_keys("orders")) == ["ACTIVE", "NEXT"]
+
+    def test_key_reads_in_a_transaction_serialize(self, store: Store, open_more: StoreFactory) -> None:
+        """A transaction that read an AS's keys holds them: another writer of that AS's keys waits for its
+        commit and then sees what it wrote (even when the AS had no key to lock yet)."""
+        other = open_more()
+        seen: list[int] = []
+
+        def second() -> None:
+            with other.transaction() as tx2:
+                seen.append(len(tx2.list_signing_keys("orders")))
+
+        with store.transaction() as tx:
+            assert tx.list_signing_keys("orders") == []
+            thread = threading.Thread(target=second)
+            thread.start()
+            thread.join(0.3)
+            assert thread.is_alive(), "the second reader must wait for the first transaction"
+            tx.add_signing_key(signing_key("k1"))
+        thread.join(30)
+        assert seen == [1]
 
     def test_duplicate_kid_conflicts(self, store: Store) -> None:
         """Two keys with one kid on one AS are a conflict."""
@@ -285,6 +327,26 @@ class TestChangeFeed:
             store.append_change("config", {"kind": "app", "id": "web"})
             thread.join(0.05)
         assert result == [True]
+
+
+    def test_close_releases_a_waiter(self, open_more: StoreFactory) -> None:
+        """close() makes a blocked wait_for_change return False promptly, and later calls return at once."""
+        store = open_more()
+        assert store.wait_for_change(0) is False
+        result: list[bool] = []
+        waiting = threading.Event()
+
+        def waiter() -> None:
+            waiting.set()
+            result.append(store.wait_for_change(60))
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        waiting.wait()
+        store.close()
+        thread.join(30)
+        assert not thread.is_alive() and result == [False]
+        assert store.wait_for_change(60) is False
 
 
 class TestLogs:
