@@ -200,3 +200,17 @@ class TestServerTriggers:
         response = await api.client.post(f"{AS}/orders/credentials/lifecycle/keyRotate", json={"use": "enc"})
         assert response.status_code == 400
         assert response.json()["errorSummary"] == "Api validation failed: rotateKeys"
+
+
+class TestEventsHoldNoSecrets:
+    async def test_configuration_events_need_no_redaction(self, api: Api) -> None:
+        """Change events carry configuration (rules' actions.token included), never a secret: nothing is scrubbed."""
+        await api.client.post(f"{AS}/orders/policies/00porders0000000001/rules", json=RULE)
+        body = oidc_app()
+        body["credentials"]["oauthClient"]["client_secret"] = "reports-secret-0123456789"
+        await api.client.post("/api/v1/apps", json=body)
+        await api.client.post("/api/v1/users", json={"profile": {"login": "erin@example.com"},
+                                                     "credentials": {"password": {"value": "Erin-password-1"}}})
+        assert api.syslog.redactions == 0
+        assert "reports-secret-0123456789" not in str(api.events())
+        assert "Erin-password-1" not in str(api.events())
