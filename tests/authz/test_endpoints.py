@@ -140,3 +140,22 @@ class TestDiscoveryAndKeys:
         response = await core.client.get("/oauth2/nope/v1/keys")
         assert response.status_code == 404 and response.json()["errorCode"] == "E0000007"
         assert response.json()["errorSummary"] == "Not found: Resource not found: nope (AuthorizationServer)"
+
+
+class TestSystemLogHygiene:
+    async def test_no_token_or_secret_reaches_the_log(self, core: Core) -> None:
+        """Grants, refreshes, revocations and denials log ids and reasons, never token values or secrets."""
+        body = (await core.password("openid offline_access orders:read")).json()
+        again = (await core.token({"grant_type": "refresh_token", "refresh_token": body["refresh_token"]},
+                                  auth=WEB)).json()
+        await revoke(core, body["refresh_token"], auth=WEB)
+        await core.cc(client=("svc", "not-the-secret-000"))
+        text = str(core.events())
+        for value in (body["access_token"], body["refresh_token"], body["id_token"], again["access_token"],
+                      WEB_SECRET, SECRET, "not-the-secret-000", "correct-horse-battery"):
+            assert value not in text
+        assert core.syslog.redactions == 0  # nothing needed scrubbing: the events were clean as written
+        types = {e["eventType"] for e in core.events()}
+        assert {"app.oauth2.as.token.grant.access_token", "app.oauth2.as.token.grant.id_token",
+                "app.oauth2.as.token.grant.refresh_token", "app.oauth2.as.token.revoke",
+                "app.oauth2.as.token.grant"} <= types

@@ -113,6 +113,15 @@ class TestScopes:
         star = server([policy("p", 1, [rule("r", 1, ["password"], ["*"])])])
         assert evaluate(star, "web", ALICE, "password", req("openid", "profile", "orders:read")).matched
 
+    def test_oidc_scopes_exist_undefined_but_still_need_a_policy_and_rule(self) -> None:
+        """OIDC scopes need no definition on the AS, but without a policy and rule nothing is granted."""
+        s = server([])
+        request = resolve_scopes(s, "openid profile", "password")
+        assert request.scopes == ("openid", "profile")
+        assert not evaluate(s, "web", ALICE, "password", request).matched
+        implicit = server([], oidcScopesImplicit=True)
+        assert not evaluate(implicit, "web", ALICE, "password", request).matched
+
     def test_oidc_scopes_implicit_option_grants_them_by_default(self) -> None:
         """The 2016 reading, 'The rule grants the OpenID Connect scopes by default', is the per-AS option."""
         s = server([policy("p", 1, [rule("r", 1, ["password"], ["orders:read"])])], oidcScopesImplicit=True)

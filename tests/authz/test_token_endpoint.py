@@ -118,6 +118,14 @@ class TestPassword:
                                    "error_description": "User is not assigned to the client application."}
         assert core.events("app.oauth2.as.token.grant")[-1]["outcome"]["reason"] == "user_not_assigned"
 
+    async def test_assigned_user_without_a_rule_for_them_fails(self, core: Core) -> None:
+        """The brief: without a rule allowing the client, user and scope combination, the request fails."""
+        response = await core.password("orders:read", username="dave@example.com")
+        assert response.status_code == 401 and response.json()["error"] == "access_denied"
+        debug = core.events("app.oauth2.as.token.grant")[-1]["debugContext"]["debugData"]
+        assert debug["user_id"] == "dave"
+        assert "neither included by id nor by one of its groups" in str(debug["policy_evaluation"])
+
     async def test_wrong_password(self, core: Core) -> None:
         """Bad credentials → invalid_grant 'The credentials provided were invalid.'"""
         response = await core.token({"grant_type": "password", "username": "alice@example.com", "password": "nope",
