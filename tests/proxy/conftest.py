@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gatekit import Clock, FakeRevocation, InMemoryKeys, RecordingUpstream, default_keys, gate_config
+from tests.proxy.gatekit import Clock, FakeRevocation, InMemoryKeys, RecordingUpstream, default_keys, gate_config
 from prometheus_client import CollectorRegistry
 
 from config.schema import ScopegateConfig

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gate, make_gate
-from gatekit import ISSUER, NOW, RecordingUpstream, claims, gate_config, mint
+from tests.proxy.conftest import Gate, make_gate
+from tests.proxy.gatekit import ISSUER, NOW, RecordingUpstream, claims, gate_config, mint
 
 from proxy.app import ProxyApp
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import jwt
 import pytest
-from gatekit import (
+from tests.proxy.gatekit import (
     DROP,
     ISSUER,
     NOW,

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from attack_bench import gate, upstream, wire
+from tests.security.attack_bench import gate, upstream, wire
 
 __all__ = ["gate", "upstream", "wire"]

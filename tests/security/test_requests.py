@@ -8,7 +8,7 @@ import json
 
 import httpx
 import pytest
-from attack_bench import (
+from tests.security.attack_bench import (
     ADMIN_AUD,
     ADMIN_ISS,
     HOST,

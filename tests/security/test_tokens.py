@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from attack_bench import (
+from tests.security.attack_bench import (
     ADMIN_AUD,
     ADMIN_ISS,
     NOW,

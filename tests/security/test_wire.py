@@ -12,7 +12,7 @@ import contextlib
 import time
 
 import pytest
-from attack_bench import READ_TIMEOUT, Gate, RawClient, read_response, request_bytes, valid_token
+from tests.security.attack_bench import READ_TIMEOUT, Gate, RawClient, read_response, request_bytes, valid_token
 
 
 def smuggled(extra_headers: list[tuple[str, str]], body: bytes, target: str = "/public") -> bytes:
