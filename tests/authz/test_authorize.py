@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import authlib.deprecate  # noqa: F401  (it installs an 'always' filter on import; let it do so outside the block)
 import httpx
 import pytest
 from authlib.common.security import generate_token

@@ -16,6 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import authlib.deprecate  # noqa: F401  (it installs an 'always' filter on import; let it do so outside the block)
 import httpx
 import pytest
 from cryptography import x509
