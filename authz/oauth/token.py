@@ -7,7 +7,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from authz.clientauth import AuthenticatedClient, authenticate_client
+from authz.clientauth import AuthenticatedClient, authenticate_client, parse_basic
 from authz.context import CoreContext
 from authz.errors import OAuthError, ScopegateError
 from authz.oauth import grants, refresh
@@ -52,6 +52,16 @@ def check_grant_type(client: AuthenticatedClient, grant_type: str | None) -> str
     return grant_type
 
 
+def _basic_client_id(authorization: str | None) -> str | None:
+    """The client id a Basic header names, for the log of a failed authentication (never the secret)."""
+    if not authorization or not authorization.lower().startswith("basic "):
+        return None
+    try:
+        return parse_basic(authorization)[0]
+    except OAuthError:
+        return None
+
+
 def token_endpoint(ctx: CoreContext) -> Endpoint:
     async def token(request: Request) -> Response:
         as_id = request.path_params["as_id"]
@@ -60,7 +70,7 @@ def token_endpoint(ctx: CoreContext) -> Endpoint:
             form, query = await read_form(request)
             audit.grant_type = form.get("grant_type")
             audit.requested_scopes = form.get("scope")
-            audit.client["id"] = form.get("client_id")
+            audit.client["id"] = form.get("client_id") or _basic_client_id(request.headers.get("authorization"))
             server = await load_protocol_server(ctx, as_id)
             audit.server = server
             endpoint = f"{ctx.issuer_for(as_id)}/v1/token"

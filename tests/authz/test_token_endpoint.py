@@ -199,7 +199,8 @@ class TestClientAuthentication:
         """Wrong secret → 'The client secret supplied for a confidential client is invalid.'"""
         response = await core.cc(client=("svc", "wrong-secret-123456"))
         assert response.json()["error_description"] == "The client secret supplied for a confidential client is invalid."
-        assert core.events("app.oauth2.as.token.grant")[-1]["outcome"]["reason"] == "invalid_client_secret"
+        event = core.events("app.oauth2.as.token.grant")[-1]
+        assert event["outcome"]["reason"] == "invalid_client_secret" and event["client"]["id"] == "svc"
         assert "wrong-secret-123456" not in str(core.events())
 
     async def test_multiple_credentials(self, core: Core) -> None:
