@@ -174,6 +174,10 @@ class Scopegate:
             access_log=False,
             server_header=False,
             date_header=True,
+            # uvicorn trusts X-Forwarded-For/-Proto from 127.0.0.1 by default and rewrites the ASGI client and
+            # scheme from them: a local client could then choose the X-Forwarded-For the upstream sees. The
+            # gate sets the forwarding headers itself from the socket (security.md §3.2), so never here.
+            proxy_headers=False,
             timeout_graceful_shutdown=30,
             ssl_certfile=tls.cert_file if tls else None,
             ssl_keyfile=tls.key_file if tls else None,
