@@ -475,6 +475,9 @@ class AuthorizationServerConfig(Model):
     oidc_scopes_implicit: bool = False
     """Spec §9 D1: by default OIDC scopes must be allowed by the rule; true restores the 2016 reading
     ('The rule grants the OpenID Connect scopes by default')."""
+    introspect_other_clients: bool = True
+    """Spec §9 D11: whether a client may introspect tokens issued to another client of this server (a
+    resource server is often a client of its own). False: such tokens are ``{"active": false}``."""
     algorithms: list[Literal["RS256"]] = Field(default_factory=lambda: ["RS256"])  # type: ignore[arg-type]
     match_host: bool = False
     """Also require the request's Host to equal the resource URI's host."""
