@@ -24,7 +24,17 @@ from config.schema import AuthorizationServerConfig
 INACTIVE: dict[str, Any] = {"active": False}
 
 
-def introspect_token(ctx: CoreContext, server: AuthorizationServerConfig, token: str) -> dict[str, Any]:
+def introspect_token(ctx: CoreContext, server: AuthorizationServerConfig, token: str,
+                     caller: str | None = None) -> dict[str, Any]:
+    """The RFC 7662 answer for ``token`` as seen by the client ``caller``."""
+    body = _introspect(ctx, server, token)
+    if body.get("active") and caller is not None and not server.introspect_other_clients \
+            and body.get("client_id") != caller:
+        return INACTIVE
+    return body
+
+
+def _introspect(ctx: CoreContext, server: AuthorizationServerConfig, token: str) -> dict[str, Any]:
     now = ctx.now()
     issuer = ctx.issuer_for(server.id)
     if token.count(".") == 2:
@@ -69,11 +79,11 @@ def introspect_endpoint(ctx: CoreContext) -> Endpoint:
         form, query = await read_form(request)
         server = await load_protocol_server(ctx, as_id)
         endpoint = f"{ctx.issuer_for(as_id)}/v1/introspect"
-        await in_thread(lambda: authenticate_client(
+        client = await in_thread(lambda: authenticate_client(
             ctx.store, authorization=request.headers.get("authorization"), form=form, query=query,
             endpoint_url=endpoint, now=ctx.now()))
         token = form.get("token", "")
-        body = await in_thread(introspect_token, ctx, server, token) if token else INACTIVE
+        body = await in_thread(introspect_token, ctx, server, token, client.client_id) if token else INACTIVE
         return json_response(body, headers=no_store_headers())
 
     return introspect

@@ -48,6 +48,13 @@ class TestIntrospect:
         token = (await core.cc()).json()["access_token"]
         assert (await introspect(core, token, auth=WEB))["active"] is True
 
+    async def test_introspection_by_other_clients_can_be_switched_off(self, core: Core) -> None:
+        """Spec §9 D11's flag: introspectOtherClients false → another client's token reads as inactive."""
+        await core.update_server("orders", lambda d: {**d, "introspectOtherClients": False})
+        token = (await core.cc()).json()["access_token"]
+        assert await introspect(core, token, auth=WEB) == {"active": False}
+        assert (await introspect(core, token))["active"] is True
+
     async def test_refresh_token_introspection(self, core: Core) -> None:
         """A live refresh token is active with its scopes and user."""
         body = (await core.password("offline_access orders:read")).json()
