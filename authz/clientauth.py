@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
 import jwt
+from cachetools import TTLCache
 
 from authz.errors import OAuthError
 from authz.model import App, get_app
@@ -44,6 +49,41 @@ ASSERTION_TOO_LONG = "The client_assertion token has an expiration too far into 
 ASSERTION_INVALID = "The client_assertion token is invalid."
 
 _CREDENTIAL_PARAMS = ("client_secret", "client_assertion", "client_assertion_type")
+
+
+class VerifiedSecrets:
+    """Recently verified (client, secret, stored hash) triples, so that a service fetching a token every
+    few minutes does not pay scrypt (~65 ms, the whole cost of a client_credentials request) each time.
+
+    Only a keyed digest is kept (HMAC with a per-process random key): memory never holds a secret or a
+    value that could be checked offline. The stored hash is part of the digest, so a changed secret
+    misses; the app itself (ACTIVE, method) is re-read on every request. Failures are never cached.
+    """
+
+    def __init__(self, ttl: float = 300.0, size: int = 10_000) -> None:
+        self._key = secrets.token_bytes(32)
+        self._seen: TTLCache[bytes, bool] = TTLCache(maxsize=size, ttl=ttl)
+        self._lock = threading.Lock()
+
+    def _digest(self, client_id: str, secret: str, stored: str) -> bytes:
+        message = "\0".join((client_id, secret, stored)).encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def verify(self, client_id: str, secret: str, stored: str | None) -> bool:
+        if stored is None:
+            return verify_secret(secret, None)
+        digest = self._digest(client_id, secret, stored)
+        with self._lock:
+            if digest in self._seen:
+                return True
+        if not verify_secret(secret, stored):
+            return False
+        with self._lock:
+            self._seen[digest] = True
+        return True
+
+
+VERIFIED = VerifiedSecrets()
 
 
 @dataclass(frozen=True)
@@ -122,7 +162,7 @@ def _by_secret(store: Store, client_id: str, secret: str, method: str) -> Authen
     if app.config.token_endpoint_auth_method != method:
         verify_secret(secret, None)
         raise invalid_client(AUTH_FAILED, basic=basic, reason="wrong_auth_method")
-    if not verify_secret(secret, app.secret_hash):
+    if not VERIFIED.verify(client_id, secret, app.secret_hash):
         raise invalid_client(BAD_SECRET, basic=basic, reason="invalid_client_secret")
     return AuthenticatedClient(app, method)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-
 import jwt
 
 from tests.authz.oauth_kit import SECRET, WEB_SECRET, Core
@@ -267,10 +265,3 @@ class TestPrivateKeyJwt:
             assert fourth.json()["error_description"] == ("The client_assertion token has an expiration too far "
                                                           "into the future.")
 
-
-def test_basic_credentials_are_form_decoded() -> None:
-    """RFC 6749 §2.3.1: id and secret are form-urlencoded inside Basic."""
-    from authz.clientauth import parse_basic
-
-    header = "Basic " + base64.b64encode(b"my%20client:s%3Acret").decode()
-    assert parse_basic(header) == ("my client", "s:cret")
