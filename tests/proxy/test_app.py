@@ -364,7 +364,7 @@ class TestEchoAndRecords:
 
     async def test_lifespan(self, upstream: RecordingUpstream) -> None:
         """The lifespan protocol starts and stops the upstream pool."""
-        from gatekit import FakeRevocation, default_keys
+        from tests.proxy.gatekit import FakeRevocation, default_keys
         from prometheus_client import CollectorRegistry
 
         from proxy.metrics import ProxyMetrics
