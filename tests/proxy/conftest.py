@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.proxy.gatekit import Clock, FakeRevocation, InMemoryKeys, RecordingUpstream, default_keys, gate_config
 from prometheus_client import CollectorRegistry
 
 from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
 from proxy.metrics import ProxyMetrics
+from tests.proxy.gatekit import Clock, FakeRevocation, InMemoryKeys, RecordingUpstream, default_keys, gate_config
 
 
 @dataclass

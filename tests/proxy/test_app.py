@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.proxy.conftest import Gate, make_gate
-from tests.proxy.gatekit import ISSUER, NOW, RecordingUpstream, claims, gate_config, mint
 
 from proxy.app import ProxyApp
+from tests.proxy.conftest import Gate, make_gate
+from tests.proxy.gatekit import ISSUER, NOW, RecordingUpstream, claims, gate_config, mint
 
 
 def bearer(token: str | None = None) -> dict[str, str]:
@@ -364,10 +364,10 @@ class TestEchoAndRecords:
 
     async def test_lifespan(self, upstream: RecordingUpstream) -> None:
         """The lifespan protocol starts and stops the upstream pool."""
-        from tests.proxy.gatekit import FakeRevocation, default_keys
         from prometheus_client import CollectorRegistry
 
         from proxy.metrics import ProxyMetrics
+        from tests.proxy.gatekit import FakeRevocation, default_keys
 
         app = ProxyApp(gate_config(upstream.url), default_keys(), FakeRevocation(), ProxyMetrics(CollectorRegistry()), None)
         messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]

@@ -10,6 +10,10 @@ from typing import Any
 
 import jwt
 import pytest
+
+from authz.errors import BearerError
+from proxy.cache import TokenCache
+from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken
 from tests.proxy.gatekit import (
     DROP,
     ISSUER,
@@ -25,10 +29,6 @@ from tests.proxy.gatekit import (
     public_jwk,
     rsa_key,
 )
-
-from authz.errors import BearerError
-from proxy.cache import TokenCache
-from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken
 
 POLICY = IssuerPolicy(as_id="orders", issuer=ISSUER, audience=RESOURCE, algorithms=frozenset({"RS256"}),
                       require_typ=True, local=True)

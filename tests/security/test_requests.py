@@ -8,6 +8,8 @@ import json
 
 import httpx
 import pytest
+
+from proxy.keys import IssuerKeys, LocalKeys
 from tests.security.attack_bench import (
     ADMIN_AUD,
     ADMIN_ISS,
@@ -24,8 +26,6 @@ from tests.security.attack_bench import (
     gate_config,
     valid_token,
 )
-
-from proxy.keys import IssuerKeys, LocalKeys
 
 IDENTITY = ("x-scopegate-subject", "x-scopegate-client-id", "x-scopegate-scopes", "x-scopegate-auth-server")
 

@@ -16,6 +16,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
 from tests.security.attack_bench import (
     ADMIN_AUD,
     ADMIN_ISS,
@@ -31,9 +35,6 @@ from tests.security.attack_bench import (
     rsa_key,
     valid_token,
 )
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 HEADER = {"alg": "RS256", "kid": "orders-1", "typ": "at+jwt"}
 

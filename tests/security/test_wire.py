@@ -12,6 +12,7 @@ import contextlib
 import time
 
 import pytest
+
 from tests.security.attack_bench import READ_TIMEOUT, Gate, RawClient, read_response, request_bytes, valid_token
 
 
