@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import uvicorn
-from authz.feed import FeedPoller
-from authz.revocation import RevocationState
-from authz.syslog import SystemLog
 from prometheus_client import CollectorRegistry
 
 from authz.app import build_core_app
 from authz.context import CoreContext
 from authz.errors import ScopegateError
+from authz.feed import FeedPoller
 from authz.reconcile import reconcile
+from authz.revocation import RevocationState
 from authz.store import Change, Store, open_store
+from authz.syslog import SystemLog
 from config import ConfigError, load_config
 from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
