@@ -1,0 +1,262 @@
+"""Throughput of the proxy hot path against its upstream alone (issue 5 "Speed"; not part of the test suite).
+
+Three cases, each measured with wrk for a fixed duration over loopback:
+
+  (a) the upstream directly (nginx ``return 200`` if nginx is installed, else a small aiohttp server);
+  (b) ``scopegate run`` in front of it, on a public route (guard, path, route, forward);
+  (c) the same process with a valid token on a scoped route, warm verified-token cache (the whole gate).
+
+It prints requests/s and p99 latency for each and the ratios b/a and c/b (the later speed issue's budget
+is c/b ≥ 0.95). Run from the repository root:
+
+    python3 bench/proxy_throughput.py                 # 10 s per case, 64 connections
+    python3 bench/proxy_throughput.py --duration 5 --connections 32 --json
+
+Needs wrk (``apt-get install -y wrk``); nginx is optional (``apt-get install -y nginx``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret-0123456789abcdef"
+BODY = '{"ok":true,"items":[1,2,3]}'
+
+
+@dataclass
+class Result:
+    case: str
+    url: str
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+# ---------------------------------------------------------------------------------------------- upstreams
+
+
+@contextmanager
+def nginx_upstream(workdir: Path) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/json; return 200 '{BODY}'; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}", "nginx 1 worker, return 200"
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(10)
+
+
+@contextmanager
+def aiohttp_upstream(workdir: Path) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    script = workdir / "upstream.py"
+    script.write_text(f"""
+from aiohttp import web
+async def ok(request):
+    return web.Response(body=b'{BODY}', content_type="application/json")
+app = web.Application()
+app.router.add_route("*", "/{{tail:.*}}", ok)
+web.run_app(app, host="127.0.0.1", port={port}, print=None, access_log=None)
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        yield f"http://127.0.0.1:{port}", "aiohttp.web, one process"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------- scopegate
+
+
+@contextmanager
+def scopegate(upstream: str, workdir: Path) -> Iterator[dict[str, str]]:
+    ports = {name: free_port() for name in ("proxy", "core", "ops")}
+    config = {
+        "listen": {name: f"127.0.0.1:{port}" for name, port in ports.items()},
+        "issuer": f"http://127.0.0.1:{ports['core']}",
+        "store": f"sqlite:///{workdir}/bench.db",
+        "upstream": {"url": upstream},
+        "routes": [
+            {"name": "public", "path": "/public", "public": True},
+            {"name": "items", "path": "/api/items", "methods": ["GET"], "scopes": {"anyOf": ["items:read"]}},
+        ],
+        "authorizationServers": [{
+            "id": "bench", "name": "Bench", "audiences": ["https://bench.example.com/api"],
+            "scopes": [{"name": "items:read"}],
+            "policies": [{"name": "All", "priority": 1, "conditions": {"clients": {"include": ["ALL_CLIENTS"]}},
+                          "rules": [{"name": "All", "priority": 1,
+                                     "conditions": {"grantTypes": {"include": ["client_credentials"]},
+                                                    "scopes": {"include": ["*"]}},
+                                     "actions": {"token": {"accessTokenLifetimeMinutes": 60}}}]}],
+        }],
+        "apps": [{"clientId": "bench", "clientSecret": SECRET, "name": "Bench"}],
+    }
+    path = workdir / "scopegate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    script = Path(sys.executable).parent / "scopegate"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "proxy.cli"]
+    # The decision log (one JSON line per request) goes to a file, as a deployment would ship it.
+    log = (workdir / "scopegate.log").open("w")
+    proc = subprocess.Popen([*command, "run", "--config", str(path)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    try:
+        wait_http(f"{urls['ops']}/readyz")
+        response = httpx.post(f"{urls['core']}/oauth2/bench/v1/token", auth=("bench", SECRET),
+                              data={"grant_type": "client_credentials", "scope": "items:read"})
+        response.raise_for_status()
+        urls["token"] = response.json()["access_token"]
+        yield urls
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------- wrk
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(f"unparsed wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(case: str, url: str, *, duration: int, connections: int, threads: int,
+        headers: dict[str, str] | None = None) -> Result:
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in match.groups())
+    return Result(case, url, rps, p50, p99, total, errors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per case (default 10)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leave CPUs to the server)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each case")
+    parser.add_argument("--upstream", choices=("auto", "nginx", "aiohttp"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is required: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    kind = args.upstream
+    if kind == "auto":
+        kind = "nginx" if shutil.which("nginx") else "aiohttp"
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="scopegate-bench-") as tmp:
+        workdir = Path(tmp)
+        upstream_cm = nginx_upstream(workdir) if kind == "nginx" else aiohttp_upstream(workdir)
+        with upstream_cm as (upstream, upstream_note), scopegate(upstream, workdir) as gate:
+            auth = {"Authorization": f"Bearer {gate['token']}"}
+            checks = [("a", f"{upstream}/public/x", {}), ("b", f"{gate['proxy']}/public/x", {}),
+                      ("c", f"{gate['proxy']}/api/items", auth)]
+            for case, url, headers in checks:
+                status = httpx.get(url, headers=headers).status_code
+                if status != 200:
+                    print(f"case {case}: {url} answered {status}", file=sys.stderr)
+                    return 1
+            for case, url, headers in checks:
+                if args.warmup:
+                    wrk(case, url, duration=args.warmup, connections=args.connections, threads=args.threads,
+                        headers=headers)
+                results.append(wrk(case, url, duration=args.duration, connections=args.connections,
+                                   threads=args.threads, headers=headers))
+    a, b, c = (r.requests_per_second for r in results)
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "upstream": upstream_note,
+        "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s",
+        "results": [asdict(r) for r in results],
+        "ratio_b_over_a": round(b / a, 3),
+        "ratio_c_over_b": round(c / b, 3),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['date']}  {summary['machine']}  upstream: {upstream_note}  wrk {summary['wrk']}")
+        names = {"a": "upstream directly", "b": "scopegate, public route", "c": "scopegate, token (warm cache)"}
+        for r in results:
+            print(f"  ({r.case}) {names[r.case]:<30} {r.requests_per_second:>10.0f} req/s   p50 {r.p50_ms:7.2f} ms"
+                  f"   p99 {r.p99_ms:7.2f} ms   errors {r.errors}")
+        print(f"  b/a = {summary['ratio_b_over_a']:.3f}   c/b = {summary['ratio_c_over_b']:.3f}  (budget: c/b ≥ 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
