@@ -161,7 +161,9 @@ class Core:
 
     async def token(self, data: dict[str, str], auth: tuple[str, str] | None = None, as_id: str = "orders",
                     **kwargs: Any) -> httpx.Response:
-        return await self.client.post(f"/oauth2/{as_id}/v1/token", data=data, auth=auth, **kwargs)
+        if auth is not None:
+            kwargs["auth"] = auth
+        return await self.client.post(f"/oauth2/{as_id}/v1/token", data=data, **kwargs)
 
     async def cc(self, scope: str = "orders:read", client: tuple[str, str] = ("svc", SECRET),
                  as_id: str = "orders") -> httpx.Response:
