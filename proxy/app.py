@@ -10,8 +10,8 @@ Every stage signals a denial by raising an error of ``authz/errors.py`` (BearerE
 challenges, realm = AS id; GateError for the rest); ``_send_error`` is the one place that turns them into
 responses. One ``Decision`` per request feeds the metrics and the decision log.
 
-WebSocket upgrades are not supported yet: a ``websocket`` scope is refused (closed with 1008 before the
-handshake, which the client sees as 403).
+A ``websocket`` scope runs the same pipeline on its opening handshake (as a GET), then ``proxy/websocket.py``
+opens the upstream connection and relays frames; a denial is the same HTTP answer (ASGI denial response).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from proxy.resources import ResourceMap
 from proxy.revocation import RevocationLike
 from proxy.routes import UNROUTED, Route, RouteTable
 from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken, build_issuer_policies
+from proxy.websocket import deny as deny_websocket
+from proxy.websocket import open_upstream, relay, subprotocols
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -130,7 +132,7 @@ class ProxyApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            await self._websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -175,6 +177,52 @@ class ProxyApp:
             self.metrics.record(decision)
             self.log.record(decision)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The opening handshake goes through the gate as a GET; then the upstream is dialled and frames relayed."""
+        self._counter += 1
+        decision = Decision(f"{self._id_prefix}{self._counter:x}", "GET", time.perf_counter(), self.now())
+        self.metrics.in_flight.inc()
+        try:
+            if (await receive())["type"] != "websocket.connect":
+                decision.reason, decision.status = "client_gone", 499
+                return
+            # The handshake is a GET (RFC 6455 §4.1); X-Forwarded-Proto names the HTTP scheme it arrived on.
+            http_scope = {**scope, "method": "GET", "scheme": "https" if scope.get("scheme") == "wss" else "http"}
+            head, path, verified, _ = await self._authorize(http_scope, receive, decision)
+            if self.forwarder is None or self.forwarder.session is None:
+                raise GateError(502, reasons.UPSTREAM_UNAVAILABLE, "WebSocket upgrades need an HTTP upstream.")
+            headers = self.headers.upstream_headers(head, http_scope, verified)
+            query = head.query.decode("latin-1")
+            url = self.forwarder.base + path + ("?" + query if query else "")
+            started = time.perf_counter()
+            try:
+                upstream = await open_upstream(self.forwarder.session, url, headers, subprotocols(scope),
+                                               connect_timeout=self.cfg.upstream.connect_timeout,
+                                               max_message_bytes=self.cfg.proxy.limits.max_body_bytes)
+                decision.response_started = True
+                decision.status = 101
+                await relay(receive, send, upstream)
+            finally:
+                decision.upstream_duration = time.perf_counter() - started
+        except ScopegateError as exc:
+            if decision.response_started:
+                raise
+            if decision.decision == reasons.ALLOW and isinstance(exc, GateError):
+                decision.reason, decision.status = exc.reason, exc.status_code
+            else:
+                decision.deny(exc.reason, exc.status_code)
+            await deny_websocket(scope, send, exc)
+        except Exception:
+            log.exception("unexpected error in the proxy (websocket)")
+            if not decision.response_started:
+                decision.deny(reasons.INTERNAL_ERROR, 500)
+                await deny_websocket(scope, send, GateError(500, reasons.INTERNAL_ERROR, "Internal error."))
+        finally:
+            self.metrics.in_flight.dec()
+            decision.duration = time.perf_counter() - decision.started
+            self.metrics.record(decision)
+            self.log.record(decision)
+
     async def _send_error(self, send: Send, exc: ScopegateError) -> None:
         """The one place an error of the family becomes the proxy's response."""
         body = exc.body_bytes()
@@ -188,6 +236,12 @@ class ProxyApp:
     # ------------------------------------------------------------------------------------------ the gate
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+        head, path, verified, body = await self._authorize(scope, receive, decision)
+        await self._forward(scope, receive, send, head, path, verified, decision, body)                # 10
+
+    async def _authorize(self, scope: Scope, receive: Receive, decision: Decision
+                         ) -> tuple[RequestHead, str, VerifiedToken | None, RequestBody | None]:
+        """Steps 1-9: what forwarding needs (no token for a public route or a CORS preflight), or the denial."""
         head = self.guard.check(scope)                                  # 1
         path = normalize_path(head.raw_path)                            # 2
         decision.path = path
@@ -197,14 +251,14 @@ class ProxyApp:
             decision.route = route.name
             if route.public:
                 decision.allow(reasons.PUBLIC)
-                return await self._forward(scope, receive, send, head, path, None, decision)
+                return head, path, None, None
         if resource is None:
             raise GateError(403, reasons.NO_RESOURCE, "No authorization server covers this path.")
         decision.as_id = resource.as_id
         if head.preflight:
             # CORS preflights carry no credentials (Fetch standard); the upstream answers them, as behind Envoy.
             decision.allow(reasons.PREFLIGHT)
-            return await self._forward(scope, receive, send, head, path, None, decision)
+            return head, path, None, None
         if route is None:
             decision.route = UNROUTED
             if self.cfg.proxy.unrouted != "any_valid_token":
@@ -231,7 +285,7 @@ class ProxyApp:
             await introspector.validate_active(token, jti=str(verified.claims.get("jti", "")), exp=verified.exp)
         self._check_scopes(route, verified, resource.as_id)                                             # 9
         decision.allow(reasons.STALE_REVOCATION if stale else reasons.OK)
-        await self._forward(scope, receive, send, head, path, verified, decision, body)                # 10
+        return head, path, verified, body
 
     async def _verify(self, token: str, as_id: str, decision: Decision) -> VerifiedToken:
         verified = self.cache.get(as_id, token)

@@ -411,3 +411,40 @@ def test_stale_revocation_state_denies_with_503(scopegate: Callable[..., Running
     finally:
         admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.close()
+
+
+# ---------------------------------------------------------------------------------------------- WebSocket
+
+
+def test_websocket_upgrade_after_the_gate(gate: RunningScopegate, upstream: RecordingUpstream) -> None:
+    """Through the real process, a WebSocket handshake needs the route's token like any GET; once upgraded,
+    frames are relayed both ways, also after an idle spell longer than upstream.timeout."""
+    import asyncio
+
+    import aiohttp
+
+    access = token(gate)
+
+    async def exchange() -> tuple[int, list[str]]:
+        async with aiohttp.ClientSession() as session:
+            try:
+                await session.ws_connect(f"{gate.proxy}/api/orders/ws")
+            except aiohttp.WSServerHandshakeError as exc:
+                denied = exc.status
+            else:  # pragma: no cover - reported by the assertion below
+                denied = 101
+            replies = []
+            async with session.ws_connect(f"{gate.proxy}/api/orders/ws", headers=bearer(access)) as ws:
+                await ws.send_str("one")
+                replies.append((await ws.receive(timeout=5)).data)
+                await asyncio.sleep(UPSTREAM_TIMEOUT + 0.5)
+                await ws.send_str("two")
+                replies.append((await ws.receive(timeout=5)).data)
+            return denied, replies
+
+    denied, replies = asyncio.run(exchange())
+    assert denied == 401
+    assert replies == ["echo:one", "echo:two"]
+    [handshake] = upstream.requests
+    assert handshake.raw_path == "/api/orders/ws"
+    assert handshake.header("X-Scopegate-Client-Id") == ["service"]
