@@ -110,6 +110,10 @@ def validate_request(req: AuthorizeRequest) -> None:
         raise OAuthError("unauthorized_client", "The client is not authorized to use the provided grant type. "
                          f"Configured grant types: {format_list(req.app.config.grant_types)}.",
                          reason="unauthorized_client")
+    if not params.get("state"):
+        # Spec §2.3: "Okta requires the OAuth 2.0 state parameter on all requests" (CSRF protection, RFC 9700 §4.7).
+        raise OAuthError("invalid_request", "The authorization request must include the 'state' parameter.",
+                         reason="missing_state")
     if params.get("response_mode") not in (None, "query", "fragment"):
         raise OAuthError("invalid_request", "The 'response_mode' parameter is not supported. Valid values: "
                          "[query, fragment]", reason="unsupported_response_mode")

@@ -190,6 +190,12 @@ class TestAuthorizeErrors:
         params = redirect_params(await core.client.get(authorize_url(scope="orders:delete")))
         assert params["error"] == "invalid_scope"
 
+    async def test_missing_state_is_refused_on_the_redirect(self, core: Core) -> None:
+        """Okta requires `state` on every authorize request (spec §2.3): its absence is invalid_request."""
+        params = redirect_params(await core.client.get(authorize_url(state="")))
+        assert params["error"] == "invalid_request"
+        assert "'state'" in params["error_description"]
+
     async def test_wrong_password_shows_the_form_again(self, core: Core) -> None:
         """A failed sign-in re-renders the form; nothing is redirected."""
         response = await sign_in(core.client, authorize_url(), password="wrong")
