@@ -10,7 +10,7 @@ It prints requests/s and p99 latency for each and the ratios b/a and c/b (the la
 is c/b ≥ 0.95). Run from the repository root:
 
     python3 bench/proxy_throughput.py                 # 10 s per case, 64 connections
-    python3 bench/proxy_throughput.py --duration 5 --connections 32 --json
+    python3 bench/proxy_throughput.py --duration 5 --rounds 3 --json   # medians of 3 interleaved rounds
 
 Needs wrk (``apt-get install -y wrk``); nginx is optional (``apt-get install -y nginx``).
 """
@@ -208,6 +208,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leave CPUs to the server)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each case")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run a, b, c this many times, interleaved, and report each case's median round "
+                             "(steadier on a shared machine)")
     parser.add_argument("--upstream", choices=("auto", "nginx", "aiohttp"), default="auto")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
@@ -230,18 +233,25 @@ def main() -> int:
                 if status != 200:
                     print(f"case {case}: {url} answered {status}", file=sys.stderr)
                     return 1
-            for case, url, headers in checks:
-                if args.warmup:
-                    wrk(case, url, duration=args.warmup, connections=args.connections, threads=args.threads,
-                        headers=headers)
-                results.append(wrk(case, url, duration=args.duration, connections=args.connections,
-                                   threads=args.threads, headers=headers))
+            rounds: dict[str, list[Result]] = {case: [] for case, _, _ in checks}
+            for _ in range(args.rounds):
+                for case, url, headers in checks:
+                    if args.warmup:
+                        wrk(case, url, duration=args.warmup, connections=args.connections, threads=args.threads,
+                            headers=headers)
+                    rounds[case].append(wrk(case, url, duration=args.duration, connections=args.connections,
+                                            threads=args.threads, headers=headers))
+            for case in rounds:
+                ordered = sorted(rounds[case], key=lambda r: r.requests_per_second)
+                results.append(ordered[len(ordered) // 2])
     a, b, c = (r.requests_per_second for r in results)
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "upstream": upstream_note,
         "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s",
+        "rounds": args.rounds,
+        "all_rounds_rps": {case: [round(r.requests_per_second) for r in rs] for case, rs in rounds.items()},
         "results": [asdict(r) for r in results],
         "ratio_b_over_a": round(b / a, 3),
         "ratio_c_over_b": round(c / b, 3),
@@ -249,7 +259,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['date']}  {summary['machine']}  upstream: {upstream_note}  wrk {summary['wrk']}")
+        print(f"{summary['date']}  {summary['machine']}  upstream: {upstream_note}  wrk {summary['wrk']}"
+              f"  rounds {args.rounds} (median shown; all: {summary['all_rounds_rps']})")
         names = {"a": "upstream directly", "b": "scopegate, public route", "c": "scopegate, token (warm cache)"}
         for r in results:
             print(f"  ({r.case}) {names[r.case]:<30} {r.requests_per_second:>10.0f} req/s   p50 {r.p50_ms:7.2f} ms"
