@@ -444,7 +444,7 @@ class PolicyConfig(Model):
 class IntrospectionConfig(Model):
     client_id: str
     client_secret: str
-    cache_ttl: Duration = 30.0
+    cache_ttl: Duration = Field(default=30.0, alias="cacheTTL")  # the issue spells it cacheTTL
 
 
 class RemoteIssuer(Model):

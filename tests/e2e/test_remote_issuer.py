@@ -39,7 +39,7 @@ def proxy_config(issuer: str, *, introspection: bool) -> dict[str, Any]:
                               "jwksRefetchCooldown": f"{COOLDOWN:g}s", "jwksTimeout": "2s"}
     if introspection:
         remote["introspection"] = {"clientId": "introspector", "clientSecret": SECRETS["introspector"],
-                                   "cacheTtl": f"{CACHE_TTL:g}s"}
+                                   "cacheTTL": f"{CACHE_TTL:g}s"}
     return {
         "listen": {"core": "off"},
         "upstream": {"url": "builtin:echo"},
