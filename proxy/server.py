@@ -131,7 +131,7 @@ class Scopegate:
         def on_config_change(change: Change) -> None:
             # Called from the poller's worker thread: a key rotation or reconcile elsewhere means our
             # local key set may have changed; reload it on the loop.
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(keys.reload_local()))
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._reload_keys()))
 
         revocation = RevocationState(identify_issuers(cfg), now=self.now, max_staleness=cfg.revocation.max_staleness)
         self.poller = FeedPoller(store, revocation, interval=cfg.revocation.poll_interval,
@@ -146,6 +146,8 @@ class Scopegate:
 
         ctx = CoreContext(config=cfg, store=store, syslog=syslog, revocation=revocation, now=self.now,
                           refresh_revocations=self.poller.poll_now)
+        self.ctx = ctx
+        self.revocation = revocation
         checks = [
             Check("store", lambda: _ping(store)),
             Check("revocation_feed", lambda: "stale" if revocation.is_stale(self.now()) else None),
@@ -212,9 +214,17 @@ class Scopegate:
         scheme = "https" if listener.tls else "http"
         return f"{scheme}://{host}:{port}"
 
+    async def _reload_keys(self) -> None:
+        if self.keys is not None:
+            await self.keys.reload_local()
+
     async def reload(self) -> None:
-        """SIGHUP: reload the file; an invalid one leaves the running configuration in place."""
-        if self.config_path is None or self.store is None:
+        """SIGHUP: reload the file; an invalid one leaves the running configuration in place.
+
+        Authorization servers, apps, users, groups, routes, admin tokens and proxy settings take effect;
+        listener addresses and the store URL need a restart (the sockets and the store stay as they are).
+        """
+        if self.config_path is None or self.store is None or self.proxy_app is None:
             return
         try:
             cfg = load_config(self.config_path)
@@ -222,13 +232,24 @@ class Scopegate:
             print(f"scopegate: reload refused, keeping the running configuration:\n{exc}", file=sys.stderr, flush=True)
             return
         report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
+        # A new key resolver, since servers may have come or gone; the old one closes once swapped out.
+        keys = build_key_resolver(cfg, self.store)
+        try:
+            await keys.start()
+        except Exception as exc:  # keep serving with what we have rather than fail open or crash
+            print(f"scopegate: reload refused, cannot load signing keys: {exc}", file=sys.stderr, flush=True)
+            await keys.aclose()
+            return
+        old_keys, self.keys = self.keys, keys
+        self.revocation.set_issuers(identify_issuers(cfg))
         if self.poller is not None:
             await self.poller.poll_now()
-        if self.keys is not None:
-            await self.keys.reload_local()
-        if self.proxy_app is not None and hasattr(self.proxy_app, "reconfigure"):
-            self.proxy_app.reconfigure(cfg)
+        self.proxy_app.keys = keys
+        self.proxy_app.reconfigure(cfg)
+        self.ctx.config = cfg
         self.cfg = cfg
+        if old_keys is not None:
+            await old_keys.aclose()
         print(f"scopegate: reloaded {self.config_path} ({len(report.created)} created, {len(report.updated)} updated, "
               f"{len(report.deleted)} deleted, {len(report.overwritten)} API changes overwritten)", file=sys.stderr, flush=True)
 

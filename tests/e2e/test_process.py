@@ -150,3 +150,28 @@ def test_state_survives_sigkill(scopegate: Callable[..., RunningScopegate], tmp_
     assert intro["active"] is True
     allowed = httpx.get(f"{again.proxy}/api/x", headers={"Authorization": f"Bearer {token}"})
     assert allowed.status_code == 200
+
+
+def test_sighup_applies_a_valid_config(scopegate: Callable[..., RunningScopegate], tmp_path: Path) -> None:
+    """A valid reload takes effect without a restart: here a new public route and a new authorization server."""
+    import yaml
+
+    gate = scopegate(demo_config(tmp_path))
+    assert httpx.get(f"{gate.proxy}/api/status").status_code == 401
+    doc = yaml.safe_load(gate.config_path.read_text())
+    doc["routes"].insert(0, {"name": "status", "path": "/api/status", "public": True})
+    second = {**doc["authorizationServers"][0], "id": "reports", "name": "Reports",
+              "audiences": ["http://127.0.0.1:8080/reports"]}
+    doc["authorizationServers"].append(second)
+    doc["routes"].append({"name": "reports", "path": "/reports", "scopes": {"anyOf": ["demo:read"]}})
+    gate.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    gate.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while "scopegate: reloaded" not in gate.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "scopegate: reloaded" in gate.output(), gate.output()[-2000:]
+    assert httpx.get(f"{gate.proxy}/api/status").status_code == 200
+    token = httpx.post(f"{gate.core}/oauth2/reports/v1/token", auth=("demo-service", DEMO_SECRET),
+                       data={"grant_type": "client_credentials", "scope": "demo:read"}).json()["access_token"]
+    allowed = httpx.get(f"{gate.proxy}/reports/7", headers={"Authorization": f"Bearer {token}"})
+    assert allowed.status_code == 200, allowed.text
