@@ -7,8 +7,6 @@ resource-server library (okta-jwt-verifier) accepts them from an https issuer.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 import warnings
 from collections.abc import Callable
@@ -19,13 +17,10 @@ from typing import Any
 import authlib.deprecate  # noqa: F401  (it installs an 'always' filter on import; let it do so outside the block)
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from tests.certs import self_signed
 from tests.e2e.conftest import RunningScopegate
 
 with warnings.catch_warnings():
@@ -149,24 +144,6 @@ def test_code_flow_with_pkce_through_the_html_form(scopegate: Callable[..., Runn
     assert token["refresh_token"] and token["id_token"]
     userinfo = httpx.get(f"{issuer}/v1/userinfo", headers={"Authorization": f"Bearer {token['access_token']}"})
     assert userinfo.json()["sub"] == "alice"
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "core.crt", tmp_path / "core.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 async def test_okta_jwt_verifier_accepts_our_access_tokens(scopegate: Callable[..., RunningScopegate],

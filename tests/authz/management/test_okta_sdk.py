@@ -17,7 +17,8 @@ from okta.client import Client as OktaClient
 
 from authz.context import CoreContext
 from tests.authz.management.kit import ADMIN_TOKEN, build_context
-from tests.authz.management.tls_server import self_signed, serve_tls
+from tests.authz.management.tls_server import serve_tls
+from tests.certs import self_signed
 
 
 class Sdk:
