@@ -657,6 +657,21 @@ class UserConfig(Model):
 # ---------------------------------------------------------------------------------------------- the file
 
 
+class CoreSettings(Model):
+    """The authorization core's own protections.
+
+    security.md §4.1 (client authentication brute force): "Rate-limit per client_id and per source. Lock
+    out or delay after N failures." After ``clientAuthFailureLimit`` failed client authentications naming
+    one client_id within ``clientAuthFailureWindow`` (or ``clientAuthFailureSourceLimit`` from one source
+    address), /token, /introspect and /revoke answer 429 for that client or source without checking
+    credentials until the window has passed. 0 disables a limit. Kept in memory, per process.
+    """
+
+    client_auth_failure_limit: int = Field(default=10, ge=0)
+    client_auth_failure_source_limit: int = Field(default=100, ge=0)
+    client_auth_failure_window: Duration = 60.0
+
+
 class ScopegateConfig(Model):
     listen: Listen = Field(default_factory=Listen)
     store: str = "sqlite:///.scopegate/state.db"
@@ -670,6 +685,7 @@ class ScopegateConfig(Model):
     apps: list[AppConfig] = Field(default_factory=list)
     groups: list[GroupConfig] = Field(default_factory=list)
     users: list[UserConfig] = Field(default_factory=list)
+    core: CoreSettings = Field(default_factory=CoreSettings)
 
     @field_validator("store")
     @classmethod
