@@ -115,6 +115,25 @@ def parse_basic(header: str) -> tuple[str, str]:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+def named_client_id(authorization: str | None, form: Mapping[str, str]) -> str | None:
+    """The client id a request claims (Basic header, form, or an assertion's unverified ``sub``), to count
+    its failures and to log them; never proof of anything."""
+    if authorization and authorization.strip().lower().startswith("basic"):
+        try:
+            return parse_basic(authorization)[0]
+        except OAuthError:
+            return None
+    if form.get("client_id"):
+        return form["client_id"]
+    if form.get("client_assertion"):
+        try:
+            sub = jwt.decode(form["client_assertion"], options={"verify_signature": False}).get("sub")
+        except jwt.PyJWTError:
+            return None
+        return sub if isinstance(sub, str) else None
+    return None
+
+
 def authenticate_client(store: Store, *, authorization: str | None, form: Mapping[str, str],
                         query: Mapping[str, str], endpoint_url: str, now: float) -> AuthenticatedClient:
     """Authenticate the caller of a back-channel endpoint or raise ``invalid_client`` / ``invalid_request``."""
@@ -226,4 +245,5 @@ def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now:
     return AuthenticatedClient(app, "private_key_jwt")
 
 
-__all__ = ["JWT_BEARER", "AuthenticatedClient", "authenticate_client", "invalid_client", "parse_basic"]
+__all__ = ["JWT_BEARER", "AuthenticatedClient", "authenticate_client", "invalid_client", "named_client_id",
+           "parse_basic"]

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from authz.authfailures import ClientAuthFailures
 from config.schema import ScopegateConfig
 
 if TYPE_CHECKING:
@@ -30,6 +31,12 @@ class CoreContext:
     refresh_revocations: Callable[[], Awaitable[None]] = field(default=_no_refresh)
     """Apply the change feed now. A revoking endpoint awaits it after committing, so that the proxy in
     the same process refuses the token before the revoking request returns (issue 4)."""
+    auth_failures: ClientAuthFailures | None = None
+    """Failed client authentications (security.md §4.1 back-off); built from ``config.core`` if not given."""
+
+    def __post_init__(self) -> None:
+        if self.auth_failures is None:
+            self.auth_failures = ClientAuthFailures.from_settings(self.config.core)
 
     def issuer_for(self, as_id: str) -> str:
         return self.config.issuer_for(as_id)

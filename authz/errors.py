@@ -14,6 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _UNSAFE_IN_QUOTED = re.compile(r'["\\\x00-\x1f\x7f]')
+_OUTSIDE_ERROR_CHARSET = re.compile(r"[^\x20-\x21\x23-\x5B\x5D-\x7E]")
+
+
+def error_charset_safe(text: str) -> str:
+    """RFC 6749 §5.2: error_description "MUST NOT include characters outside the set %x20-21 / %x23-5B /
+    %x5D-7E". Descriptions that echo request values (denied scopes, parameter names) would otherwise carry
+    quotes, backslashes, CR/LF or non-ASCII into clients' logs and headers: each such character becomes '?'."""
+    return _OUTSIDE_ERROR_CHARSET.sub("?", text)
 
 
 def quoted_safe(text: str) -> str:
@@ -56,10 +64,11 @@ class OAuthError(ScopegateError):
     status_code = 400
 
     def __init__(self, error: str, description: str, *, status_code: int | None = None, reason: str | None = None,
-                 basic_challenge: bool = False) -> None:
-        super().__init__(description, reason=reason or error, status_code=status_code)
+                 basic_challenge: bool = False, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(error_charset_safe(description), reason=reason or error, status_code=status_code)
         self.error = error
         self.basic_challenge = basic_challenge
+        self.extra_headers = dict(headers or {})
 
     def get_body(self) -> dict[str, Any]:
         return {"error": self.error, "error_description": self.description}
@@ -68,6 +77,7 @@ class OAuthError(ScopegateError):
         headers = {"Content-Type": "application/json;charset=UTF-8", "Cache-Control": "no-store", "Pragma": "no-cache"}
         if self.basic_challenge and self.status_code == 401:
             headers["WWW-Authenticate"] = 'Basic realm="scopegate"'
+        headers.update(self.extra_headers)
         return headers
 
 

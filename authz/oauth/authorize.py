@@ -9,6 +9,7 @@ never a redirect; after that they travel on the redirect with ``state``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -43,6 +44,9 @@ PARAMS = ("client_id", "redirect_uri", "response_type", "scope", "state", "nonce
 UNKNOWN_CLIENT = "Invalid value for 'client_id' parameter."
 BAD_REDIRECT = "The 'redirect_uri' parameter must be a Login redirect URI in the client app settings."
 SIGN_IN_FAILED = "Sign in failed. Check your username and password."
+S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+"""RFC 7636 §4.2: code_challenge = BASE64URL-ENCODE(SHA256(ASCII(code_verifier))): 43 unpadded characters."""
+MALFORMED_CHALLENGE = "The 'code_challenge' parameter must be the BASE64URL-encoded SHA-256 of the code verifier."
 FORM_EXPIRED = "The sign-in form expired or was not loaded from this server. Please sign in again."
 
 
@@ -122,9 +126,12 @@ def validate_request(req: AuthorizeRequest) -> None:
         if method != "S256":
             raise OAuthError("invalid_request", "PKCE code challenge method is not supported. Valid values: [S256]",
                              reason="pkce_method_not_supported")
-        if not challenge or not 43 <= len(challenge) <= 128:
+        if not challenge:
             raise OAuthError("invalid_request", "PKCE code challenge is required by the application.",
                              reason="pkce_challenge_required")
+        if not S256_CHALLENGE.fullmatch(challenge):
+            # A challenge no S256 verifier can meet would only make a code that can never be redeemed.
+            raise OAuthError("invalid_request", MALFORMED_CHALLENGE, reason="pkce_challenge_malformed")
     elif req.app.config.requires_pkce:
         # Spec §2.5: a public client "requires PKCE for the code flow".
         raise OAuthError("invalid_request", "PKCE code challenge is required by the application.",

@@ -19,6 +19,8 @@ T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 DUPLICATE_PARAMS = "The request contained multiple parameters with the same name."
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+NOT_A_FORM = f"The request body must be sent with Content-Type: {FORM_CONTENT_TYPE}."
 INVALID_AS = "The authorization server id is invalid."
 
 
@@ -44,13 +46,29 @@ def single_values(items: list[tuple[str, Any]]) -> dict[str, str]:
     return out
 
 
+def without_empty(values: dict[str, str]) -> dict[str, str]:
+    """RFC 6749 §3.1: "Parameters sent without a value MUST be treated as if they were omitted from the
+    request." (checked for repeats first: ``scope=&scope=x`` is still a repeated parameter)."""
+    return {key: value for key, value in values.items() if value != ""}
+
+
 async def read_form(request: Request) -> tuple[dict[str, str], dict[str, str]]:
-    """The POST form and the query string, each without repeated names."""
-    query = single_values(list(request.query_params.multi_items()))
+    """The POST form and the query string, each without repeated names or empty values.
+
+    RFC 6749 §3.2: the client "MUST use the HTTP POST method" with "the application/x-www-form-urlencoded
+    format" (likewise RFC 7009 §2.1, RFC 7662 §2.1). A JSON or multipart body is refused rather than read
+    as an empty form: otherwise a revocation sent as JSON would answer 200 and revoke nothing.
+    """
+    query = without_empty(single_values(list(request.query_params.multi_items())))
     if request.method != "POST":
         return {}, query
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != FORM_CONTENT_TYPE:
+        if media_type or await request.body():
+            raise OAuthError("invalid_request", NOT_A_FORM, reason="unsupported_content_type")
+        return {}, query  # an empty POST: the endpoint answers for the missing parameters
     form = await request.form()
-    return single_values(list(form.multi_items())), query
+    return without_empty(single_values(list(form.multi_items()))), query
 
 
 def protocol_server(store_server: AuthorizationServerConfig | None) -> AuthorizationServerConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from dataclasses import replace
 
 from authz.clientauth import AuthenticatedClient
@@ -30,6 +31,8 @@ PKCE_FAILED = "PKCE verification failed."
 PKCE_VERIFIER_REQUIRED = "PKCE code verifier is required by the application."
 MISMATCHED_AS = "The grant was issued for another authorization server."
 BAD_CREDENTIALS = "The credentials provided were invalid."
+VERIFIER_ABNF = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+"""RFC 7636 §4.1: code-verifier = 43*128unreserved; unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"."""
 
 
 def lifetimes(rule: RuleConfig) -> tuple[int, int, int]:
@@ -161,6 +164,9 @@ def _check_code(ctx: CoreContext, code: AuthorizationCode | None, server: Author
     if code.code_challenge is not None:
         if not verifier:
             return OAuthError("invalid_request", PKCE_VERIFIER_REQUIRED, reason="pkce_verifier_required")
+        if not VERIFIER_ABNF.fullmatch(verifier):
+            # A short verifier is guessable: @node-oauth/oauth2-server accepted 1-char verifiers (security.md §4.1).
+            return OAuthError("invalid_grant", PKCE_FAILED, reason="pkce_verifier_malformed")
         if not hmac.compare_digest(s256(verifier), code.code_challenge):
             return OAuthError("invalid_grant", PKCE_FAILED, reason="pkce_failed")
     elif verifier:

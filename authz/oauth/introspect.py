@@ -12,9 +12,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from authz.clientauth import authenticate_client
 from authz.context import CoreContext
 from authz.model import get_user
+from authz.oauth.authenticate import authenticate
 from authz.oauth.common import Endpoint, in_thread, json_response, load_protocol_server, no_store_headers, read_form
 from authz.oauth.refresh import is_usable
 from authz.passwords import token_hash
@@ -79,9 +79,7 @@ def introspect_endpoint(ctx: CoreContext) -> Endpoint:
         form, query = await read_form(request)
         server = await load_protocol_server(ctx, as_id)
         endpoint = f"{ctx.issuer_for(as_id)}/v1/introspect"
-        client = await in_thread(lambda: authenticate_client(
-            ctx.store, authorization=request.headers.get("authorization"), form=form, query=query,
-            endpoint_url=endpoint, now=ctx.now()))
+        client = await authenticate(ctx, request, form, query, endpoint)
         token = form.get("token", "")
         body = await in_thread(introspect_token, ctx, server, token, client.client_id) if token else INACTIVE
         return json_response(body, headers=no_store_headers())

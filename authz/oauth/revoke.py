@@ -11,10 +11,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from authz.clientauth import authenticate_client
 from authz.context import CoreContext
 from authz.errors import ScopegateError
 from authz.oauth.audit import Audit, record_failure, token_target
+from authz.oauth.authenticate import authenticate
 from authz.oauth.common import Endpoint, client_info, in_thread, load_protocol_server, no_store_headers, read_form
 from authz.oauth.issue import revoke_refresh_chain
 from authz.passwords import token_hash
@@ -77,9 +77,7 @@ def revoke_endpoint(ctx: CoreContext) -> Endpoint:
             server = await load_protocol_server(ctx, as_id)
             audit.server = server
             endpoint = f"{ctx.issuer_for(as_id)}/v1/revoke"
-            client = await in_thread(lambda: authenticate_client(
-                ctx.store, authorization=request.headers.get("authorization"), form=form, query=query,
-                endpoint_url=endpoint, now=ctx.now()))
+            client = await authenticate(ctx, request, form, query, endpoint)
             audit.app, audit.client_auth_type = client.app, client.method
         except ScopegateError as exc:
             await in_thread(record_failure, ctx, audit, exc)

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from authz.clientauth import AuthenticatedClient, authenticate_client, parse_basic
+from authz.clientauth import AuthenticatedClient, parse_basic
 from authz.context import CoreContext
 from authz.errors import OAuthError, ScopegateError
 from authz.oauth import grants, refresh
 from authz.oauth.audit import Audit, RecordedOAuthError, record_failure
+from authz.oauth.authenticate import authenticate
 from authz.oauth.common import (
     Endpoint,
     client_info,
@@ -74,9 +75,7 @@ def token_endpoint(ctx: CoreContext) -> Endpoint:
             server = await load_protocol_server(ctx, as_id)
             audit.server = server
             endpoint = f"{ctx.issuer_for(as_id)}/v1/token"
-            client = await in_thread(lambda: authenticate_client(
-                ctx.store, authorization=request.headers.get("authorization"), form=form, query=query,
-                endpoint_url=endpoint, now=ctx.now()))
+            client = await authenticate(ctx, request, form, query, endpoint)
             audit.app, audit.client_auth_type = client.app, client.method
             grant_type = check_grant_type(client, form.get("grant_type"))
             handler = HANDLERS[grant_type]

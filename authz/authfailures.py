@@ -1,0 +1,64 @@
+"""Failed client authentications per client_id and per source address, for the back-off of security.md
+§4.1: "Rate-limit per client_id and per source. Lock out or delay after N failures."
+
+A sliding window per key, in memory and bounded: at most ``size`` keys are tracked (least recently used
+ones are forgotten first), each holding at most ``limit`` timestamps. Success never clears failures:
+a legitimate client's successes must not buy an attacker more guesses at its secret.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from cachetools import LRUCache
+
+from config.schema import CoreSettings
+
+
+class ClientAuthFailures:
+    def __init__(self, limit: int = 10, source_limit: int = 100, window: float = 60.0, size: int = 10_000) -> None:
+        self.limit = limit
+        self.source_limit = source_limit
+        self.window = window
+        self._failures: LRUCache[tuple[str, str], deque[float]] = LRUCache(maxsize=size)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: CoreSettings) -> ClientAuthFailures:
+        return cls(settings.client_auth_failure_limit, settings.client_auth_failure_source_limit,
+                   settings.client_auth_failure_window)
+
+    def _keys(self, client_id: str | None, source: str | None) -> list[tuple[tuple[str, str], int]]:
+        keys: list[tuple[tuple[str, str], int]] = []
+        if client_id and self.limit > 0:
+            keys.append((("client", client_id), self.limit))
+        if source and self.source_limit > 0:
+            keys.append((("source", source), self.source_limit))
+        return keys
+
+    def retry_after(self, client_id: str | None, source: str | None, now: float) -> float | None:
+        """Seconds until this client_id and source may try again, or None if they may now."""
+        wait = 0.0
+        with self._lock:
+            for key, limit in self._keys(client_id, source):
+                times = self._failures.get(key)
+                if times is None:
+                    continue
+                while times and times[0] <= now - self.window:
+                    times.popleft()
+                if len(times) >= limit:
+                    wait = max(wait, times[0] + self.window - now)
+        return wait if wait > 0 else None
+
+    def record(self, client_id: str | None, source: str | None, now: float) -> None:
+        with self._lock:
+            for key, limit in self._keys(client_id, source):
+                times = self._failures.get(key)
+                if times is None or times.maxlen != limit:
+                    times = deque(times or (), maxlen=limit)
+                self._failures[key] = times
+                times.append(now)
+
+
+__all__ = ["ClientAuthFailures"]
