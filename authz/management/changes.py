@@ -20,7 +20,7 @@ from authz.context import CoreContext
 from authz.errors import OktaApiError
 from authz.management.revoking import Watermark, lost_access, refresh_tokens_for, watermark_entry
 from authz.management.shapes import Doc, ensure_ids, validate
-from authz.store.base import ObjectKind, Store, StoredObject
+from authz.store.base import ObjectKind, Store, StoredObject, StoreTx
 from config.invariants import find_reference_errors
 from config.loader import format_path
 from config.schema import AppConfig, AuthorizationServerConfig, GroupConfig, ScopegateConfig, UserConfig
@@ -43,8 +43,9 @@ class Snapshot:
     objects: dict[ObjectKind, dict[str, StoredObject]]
 
     @classmethod
-    def load(cls, store: Store) -> Snapshot:
-        return cls({kind: {obj.id: obj for obj in store.list_objects(kind)} for kind in KINDS})
+    def load(cls, reader: Store | StoreTx) -> Snapshot:
+        """Read through ``reader``; a transaction's reads lock the objects until it commits."""
+        return cls({kind: {obj.id: obj for obj in reader.list_objects(kind)} for kind in KINDS})
 
     def get(self, kind: ObjectKind, id: str) -> StoredObject | None:
         return self.objects[kind].get(id)
@@ -128,32 +129,35 @@ def _lock_for(store: Store) -> threading.Lock:
 def commit_change(ctx: CoreContext, build: Callable[[Snapshot, float], tuple[Change, T]]) -> T:
     """Build a change from a fresh snapshot, validate it and write it in one transaction (blocking).
 
-    Changes through this process are serialized, so that two concurrent calls cannot both validate
-    against the same snapshot and together leave a state neither checked.
+    Changes are serialized, so that two concurrent calls cannot both validate against the same
+    snapshot and together leave a state neither checked, nor one overwrite the other's edit of the same
+    document (a lost update). Within this process a lock does it; across processes sharing the store,
+    the snapshot is read inside the write transaction (``StoreTx.list_objects`` locks the objects until
+    commit), so another process's change waits and then builds on this one.
     """
     store = ctx.store
-    with _lock_for(store):
+    with _lock_for(store), store.transaction() as tx:
         now = ctx.now()
-        snapshot = Snapshot.load(store)
+        snapshot = Snapshot.load(tx)
         change, result = build(snapshot, now)
         if change.check_references:
             check_state(ctx, snapshot, change)
         watermarks = _dedupe([*change.watermarks, *lost_access(snapshot, change)])
+        # The store's reads on this thread run on the transaction's connection, so they see its state.
         revoked = [rt for mark in watermarks for rt in refresh_tokens_for(store, mark)]
-        with store.transaction() as tx:
-            for (kind, id), doc in change.puts.items():
-                secret_hash = change.secret_hashes.get((kind, id))
-                tx.put_object(kind, id, doc, "api", secret_hash=secret_hash, keep_secret=secret_hash is None)
-            for kind, id in change.deletes:
-                tx.delete_object(kind, id)
-            for mark in watermarks:
-                tx.append_change("watermark", watermark_entry(mark, tx.current_token_seq(), now))
-            for rt in {rt.id: rt for rt in revoked}.values():
-                tx.put_refresh_token(replace(rt, status="REVOKED"))
-            for event in change.events:
-                ctx.syslog.record(tx, event)
-            for kind, id in sorted({*change.puts, *change.deletes}):
-                tx.append_change("config", {"kind": kind, "id": id})
+        for (kind, id), doc in change.puts.items():
+            secret_hash = change.secret_hashes.get((kind, id))
+            tx.put_object(kind, id, doc, "api", secret_hash=secret_hash, keep_secret=secret_hash is None)
+        for kind, id in change.deletes:
+            tx.delete_object(kind, id)
+        for mark in watermarks:
+            tx.append_change("watermark", watermark_entry(mark, tx.current_token_seq(), now))
+        for rt in {rt.id: rt for rt in revoked}.values():
+            tx.put_refresh_token(replace(rt, status="REVOKED"))
+        for event in change.events:
+            ctx.syslog.record(tx, event)
+        for kind, id in sorted({*change.puts, *change.deletes}):
+            tx.append_change("config", {"kind": kind, "id": id})
         return result
 
 

@@ -50,6 +50,8 @@ class SigningKey:
     public_jwk: dict[str, Any]
     """``{kty, n, e, kid, alg: RS256, use: sig}``."""
     created: float
+    expired_at: float | None = None
+    """When the key became EXPIRED (stopped signing); None while it signs or will sign."""
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,21 @@ class StoreTx(Protocol):
 
     def delete_object(self, kind: ObjectKind, id: str) -> bool: ...
 
+    def get_object(self, kind: ObjectKind, id: str) -> StoredObject | None:
+        """Inside a transaction: read for a read-modify-write. Every configuration object is locked until
+        commit, so that another process's change waits and then builds on this one's (SQLite: the write
+        transaction holds the database; PostgreSQL: an advisory lock on the objects plus ``FOR UPDATE``)."""
+
+    def list_objects(self, kind: ObjectKind) -> list[StoredObject]:
+        """Inside a transaction: like ``get_object``, for every object of a kind (same lock)."""
+
     def add_signing_key(self, key: SigningKey) -> None: ...
 
-    def set_key_status(self, as_id: str, kid: str, status: KeyStatus) -> None: ...
+    def set_key_status(self, as_id: str, kid: str, status: KeyStatus, at: float | None = None) -> None:
+        """Change the key's status; ``at`` is recorded as ``expired_at`` when the status is EXPIRED."""
+
+    def delete_signing_key(self, as_id: str, kid: str) -> bool:
+        """Remove a key (rotation drops EXPIRED keys no unexpired token can need); False if unknown."""
 
     def list_signing_keys(self, as_id: str) -> list[SigningKey]:
         """Inside a transaction: the AS's keys, locked until commit, so that two processes creating or

@@ -160,6 +160,12 @@ class PostgresStore(SqlStore):
         # SELECT … FOR UPDATE locks nothing when the AS has no key yet: an advisory lock on the AS does.
         self._exec(conn, "SELECT pg_advisory_xact_lock(hashtext(?))", (f"scopegate:keys:{self.schema}:{as_id}",))
 
+    def _lock_objects(self, conn: Any) -> None:
+        # READ COMMITTED lets two transactions read the same objects and both write: one lock for every
+        # configuration object (a change is validated against all of them, not only the row it edits) makes
+        # the second wait, and its next statement then sees the first one's commit.
+        self._exec(conn, "SELECT pg_advisory_xact_lock(hashtext(?))", (f"scopegate:objects:{self.schema}",))
+
     def _lock_for_migration(self, tx: SqlTx) -> None:
         tx._exec("SELECT pg_advisory_xact_lock(hashtext(?))", (f"scopegate:migrate:{self.schema}",))
         if self.schema is not None:

@@ -61,7 +61,7 @@ def _loads_tuple(text: str) -> tuple[str, ...]:
 
 
 _OBJECT_COLUMNS = "kind, id, document, origin, secret_hash, created, last_updated"
-_KEY_COLUMNS = "kid, as_id, status, private_pem, public_jwk, created"
+_KEY_COLUMNS = "kid, as_id, status, private_pem, public_jwk, created, expired_at"
 _TOKEN_COLUMNS = "jti, as_id, client_id, user_id, scopes, issued_at, expires_at, token_type, refresh_id, seq"
 _REFRESH_COLUMNS = ("id, token_hash, as_id, client_id, user_id, scopes, issued_at, expires_at, window_seconds, "
                     "last_used_at, access_lifetime_seconds, chain_id, policy_id, rule_id, auth_time, status, "
@@ -89,7 +89,7 @@ def _object(row: Sequence[Any]) -> StoredObject:
 
 def _key(row: Sequence[Any]) -> SigningKey:
     return SigningKey(kid=row[0], as_id=row[1], status=row[2], private_pem=bytes(row[3]),
-                      public_jwk=json.loads(row[4]), created=row[5])
+                      public_jwk=json.loads(row[4]), created=row[5], expired_at=row[6])
 
 
 def _token(row: Sequence[Any]) -> IssuedToken:
@@ -159,14 +159,31 @@ class SqlTx:
     def delete_object(self, kind: ObjectKind, id: str) -> bool:
         return self._exec("DELETE FROM objects WHERE kind = ? AND id = ?", (kind, id)).rowcount > 0
 
+    def get_object(self, kind: ObjectKind, id: str) -> StoredObject | None:
+        self._store._lock_objects(self._conn)
+        row = self._exec(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? AND id = ?{self._store.for_update}",  # noqa: S608 (constant identifiers)
+                         (kind, id)).fetchone()
+        return _object(row) if row is not None else None
+
+    def list_objects(self, kind: ObjectKind) -> list[StoredObject]:
+        self._store._lock_objects(self._conn)
+        rows = self._exec(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? ORDER BY created, id", (kind,)).fetchall()  # noqa: S608 (constant identifiers)
+        return [_object(row) for row in rows]
+
     def add_signing_key(self, key: SigningKey) -> None:
         self._exec(f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES ({_placeholders(_KEY_COLUMNS)})",  # noqa: S608 (constant identifiers)
-                   (key.kid, key.as_id, key.status, key.private_pem, _dumps(key.public_jwk), key.created))
+                   (key.kid, key.as_id, key.status, key.private_pem, _dumps(key.public_jwk), key.created,
+                    key.expired_at))
 
-    def set_key_status(self, as_id: str, kid: str, status: KeyStatus) -> None:
-        updated = self._exec("UPDATE signing_keys SET status = ? WHERE as_id = ? AND kid = ?", (status, as_id, kid))
+    def set_key_status(self, as_id: str, kid: str, status: KeyStatus, at: float | None = None) -> None:
+        expired_at = at if status == "EXPIRED" else None
+        updated = self._exec("UPDATE signing_keys SET status = ?, expired_at = ? WHERE as_id = ? AND kid = ?",
+                             (status, expired_at, as_id, kid))
         if updated.rowcount == 0:
             raise StoreError(f"no signing key {kid!r} for authorization server {as_id!r}")
+
+    def delete_signing_key(self, as_id: str, kid: str) -> bool:
+        return self._exec("DELETE FROM signing_keys WHERE as_id = ? AND kid = ?", (as_id, kid)).rowcount > 0
 
     def list_signing_keys(self, as_id: str) -> list[SigningKey]:
         self._store._lock_signing_keys(self._conn, as_id)
@@ -272,6 +289,11 @@ class SqlStore(ABC):
         """Serialize writers of one AS's keys (SQLite: the write transaction already does)."""
         return None
 
+    def _lock_objects(self, conn: Any) -> None:
+        """Serialize read-modify-writes of configuration objects across processes (SQLite: the write
+        transaction already does)."""
+        return None
+
     def _lock_for_migration(self, tx: SqlTx) -> None:
         """Serialize processes migrating one database at once (SQLite: the write transaction does)."""
         return None
@@ -372,9 +394,13 @@ class SqlStore(ABC):
         with self.transaction() as tx:
             tx.add_signing_key(key)
 
-    def set_key_status(self, as_id: str, kid: str, status: KeyStatus) -> None:
+    def set_key_status(self, as_id: str, kid: str, status: KeyStatus, at: float | None = None) -> None:
         with self.transaction() as tx:
-            tx.set_key_status(as_id, kid, status)
+            tx.set_key_status(as_id, kid, status, at)
+
+    def delete_signing_key(self, as_id: str, kid: str) -> bool:
+        with self.transaction() as tx:
+            return tx.delete_signing_key(as_id, kid)
 
     def record_token(self, token: IssuedToken) -> None:
         with self.transaction() as tx:
