@@ -26,6 +26,9 @@ ALGORITHM = "RS256"
 PUBLISHED_MEMBERS = ("kty", "alg", "kid", "use", "e", "n")
 """What ``/v1/keys`` publishes per key ([AS]: JWKs "with alg: RS256, kty: RSA, use: sig")."""
 
+EXPIRED_KEY_RETENTION_SECONDS = 1440 * 60 + 300
+"""The longest token lifetime (access tokens: at most one day) plus the largest leeway (300 s)."""
+
 _STATUS_ORDER: dict[str, int] = {"ACTIVE": 0, "NEXT": 1, "EXPIRED": 2}
 
 
@@ -99,7 +102,9 @@ def rotate_keys(tx: StoreTx, as_id: str, now: float) -> SigningKey:
     keys = tx.list_signing_keys(as_id)
     for key in keys:
         if key.status == "ACTIVE":
-            tx.set_key_status(as_id, key.kid, "EXPIRED")
+            tx.set_key_status(as_id, key.kid, "EXPIRED", now)
+    for key in expired_keys_to_drop(keys, now):
+        tx.delete_signing_key(as_id, key.kid)
     nxt = _newest(keys, "NEXT")
     if nxt is None:
         active = generate_signing_key(as_id, "ACTIVE", now)
@@ -110,6 +115,16 @@ def rotate_keys(tx: StoreTx, as_id: str, now: float) -> SigningKey:
                             public_jwk=nxt.public_jwk, created=nxt.created)
     tx.add_signing_key(generate_signing_key(as_id, "NEXT", now))
     return active
+
+
+def expired_keys_to_drop(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
+    """EXPIRED keys that no unexpired token can need: they stopped signing more than the longest token
+    lifetime (an access token's 1440 minutes, spec §3.5) plus the largest verification leeway ago.
+    Without this the JWKS would grow by one key per rotation. ``keys`` is the set before this rotation's
+    status changes, so the key expiring now (the most recent EXPIRED key) is never among them; a key
+    whose expiry time is unknown (it expired before scopegate recorded it) is kept."""
+    return [k for k in keys if k.status == "EXPIRED" and k.expired_at is not None
+            and k.expired_at + EXPIRED_KEY_RETENTION_SECONDS < now]
 
 
 def published_keys(keys: Iterable[SigningKey]) -> list[SigningKey]:

@@ -147,6 +147,13 @@ INSERT INTO token_seq (id, value) VALUES (1, 0);
 }
 
 
+# When a key stopped signing, so that rotation can drop EXPIRED keys once every token they signed has
+# expired (NULL: expired before this column existed; such keys are kept).
+_MIGRATION_2 = """
+ALTER TABLE signing_keys ADD COLUMN expired_at {real};
+"""
+
+
 def schema_version_table(dialect: Dialect) -> str:
     """Created before any migration runs: the record of which migrations were applied."""
     return (f"CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
@@ -156,7 +163,7 @@ def schema_version_table(dialect: Dialect) -> str:
 def migrations(dialect: Dialect) -> list[list[str]]:
     """The migrations in order, each a list of statements for ``dialect``."""
     first = _MIGRATION_1.format(**_TYPES[dialect]) + _TOKEN_SEQ[dialect]
-    return [_statements(first)]
+    return [_statements(first), _statements(_MIGRATION_2.format(**_TYPES[dialect]))]
 
 
 def _statements(script: str) -> list[str]:

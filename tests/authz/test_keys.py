@@ -11,6 +11,7 @@ import pytest
 from joserfc.jwk import RSAKey
 
 from authz.keys import (
+    EXPIRED_KEY_RETENTION_SECONDS,
     active_signing_key,
     ensure_signing_keys,
     generate_signing_key,
@@ -166,6 +167,42 @@ class TestLifecycle:
         assert before["ACTIVE"].kid in published, "the EXPIRED key must stay published"
         assert verify(old_token, after)["sub"] == "alice"
         assert verify(sign(active_signing_key(after), {"sub": "bob"}), after)["sub"] == "bob"
+
+    def test_rotation_drops_expired_keys_no_token_can_need(self, store: Store) -> None:
+        """EXPIRED keys are published while a token they signed can still be valid (one day plus leeway
+        after they stopped signing) and dropped at the next rotation after that; the key that expires
+        in a rotation is always kept, so the JWKS stays bounded instead of growing per rotation."""
+        ensure_signing_keys(store, "orders", NOW)
+        first = active_signing_key(store.list_signing_keys("orders"))
+        with store.transaction() as tx:
+            rotate_keys(tx, "orders", NOW + 100)
+        expired = {k.kid: k for k in store.list_signing_keys("orders")}[first.kid]
+        assert expired.status == "EXPIRED" and expired.expired_at == NOW + 100
+        second = active_signing_key(store.list_signing_keys("orders"))
+        with store.transaction() as tx:
+            rotate_keys(tx, "orders", NOW + 100 + EXPIRED_KEY_RETENTION_SECONDS)
+        kids = {k.kid: k.status for k in store.list_signing_keys("orders")}
+        assert kids[first.kid] == "EXPIRED", "a token signed just before the first rotation may still verify"
+        assert kids[second.kid] == "EXPIRED"
+        with store.transaction() as tx:
+            rotate_keys(tx, "orders", NOW + 101 + EXPIRED_KEY_RETENTION_SECONDS)
+        kids = {k.kid: k.status for k in store.list_signing_keys("orders")}
+        assert first.kid not in kids
+        assert kids[second.kid] == "EXPIRED"
+        assert sorted(kids.values()) == ["ACTIVE", "EXPIRED", "EXPIRED", "NEXT"]
+        for step in range(2, 6):
+            with store.transaction() as tx:
+                rotate_keys(tx, "orders", NOW + step * 2 * EXPIRED_KEY_RETENTION_SECONDS)
+        assert sorted(k.status for k in store.list_signing_keys("orders")) == ["ACTIVE", "EXPIRED", "NEXT"]
+
+    def test_rotation_keeps_expired_keys_of_unknown_age(self, store: Store) -> None:
+        """A key that became EXPIRED before its expiry time was recorded is kept (it cannot be shown safe)."""
+        ensure_signing_keys(store, "orders", NOW)
+        first = active_signing_key(store.list_signing_keys("orders"))
+        store.set_key_status("orders", first.kid, "EXPIRED")
+        with store.transaction() as tx:
+            rotate_keys(tx, "orders", NOW + 10 * EXPIRED_KEY_RETENTION_SECONDS)
+        assert first.kid in {k.kid for k in store.list_signing_keys("orders")}
 
     def test_rotation_rolls_back_with_its_transaction(self, store: Store) -> None:
         """A rotation whose transaction fails leaves the keys as they were."""

@@ -169,6 +169,30 @@ class TestSigningKeys:
         thread.join(30)
         assert seen == [1]
 
+    def test_object_reads_in_a_transaction_serialize(self, store: Store, open_more: StoreFactory) -> None:
+        """A transaction that read a configuration object holds the objects: another process's
+        read-modify-write waits for its commit and then reads what it wrote (no lost update)."""
+        store.put_object("authorization_server", "orders", {"v": 1}, "api")
+        other = open_more()
+        seen: list[object] = []
+
+        def second() -> None:
+            with other.transaction() as tx2:
+                obj = tx2.get_object("authorization_server", "orders")
+                seen.append(obj.document["v"] if obj else None)
+
+        with store.transaction() as tx:
+            obj = tx.get_object("authorization_server", "orders")
+            assert obj is not None
+            assert [o.id for o in tx.list_objects("authorization_server")] == ["orders"]
+            thread = threading.Thread(target=second)
+            thread.start()
+            thread.join(0.3)
+            assert thread.is_alive(), "the second reader must wait for the first transaction"
+            tx.put_object("authorization_server", "orders", {"v": obj.document["v"] + 1}, "api")
+        thread.join(30)
+        assert seen == [2]
+
     def test_duplicate_kid_conflicts(self, store: Store) -> None:
         """Two keys with one kid on one AS are a conflict."""
         store.add_signing_key(signing_key("k1"))

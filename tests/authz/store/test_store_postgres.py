@@ -87,8 +87,8 @@ class TestSchema:
         assert errors == []
         schema = split_schema(postgres_url)[1]
         with psycopg.connect(POSTGRES_URL) as admin:
-            versions = admin.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
-        assert versions == [(1,)]
+            versions = admin.execute(f'SELECT version FROM "{schema}".schema_version ORDER BY version').fetchall()
+        assert versions == [(1,), (2,)]
         for s in opened:
             s.close()
 

@@ -107,7 +107,7 @@ class TestSchema:
         open_store(url).close()
         open_store(url).close()
         versions = sqlite3.connect(tmp_path / "s.db").execute("SELECT version FROM schema_version").fetchall()
-        assert versions == [(1,)]
+        assert versions == [(1,), (2,)]
 
     def test_newer_schema_is_refused(self, tmp_path: Path) -> None:
         """A store written by a newer scopegate is refused with a message that says so."""
