@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,9 @@ class Result:
     p99_ms: float
     requests: int
     errors: int
+    cpu_us_per_request: float | None = None
+    """CPU time (user + system) the scopegate process spent per request during the run: steadier than
+    req/s on a shared machine, where other work takes CPU from the server and wrk alike."""
 
 
 def free_port() -> int:
@@ -164,6 +168,7 @@ def scopegate(upstream: str, workdir: Path) -> Iterator[dict[str, str]]:
                               data={"grant_type": "client_credentials", "scope": "items:read"})
         response.raise_for_status()
         urls["token"] = response.json()["access_token"]
+        urls["pid"] = str(proc.pid)
         yield urls
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -184,22 +189,33 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(case: str, url: str, *, duration: int, connections: int, threads: int,
-        headers: dict[str, str] | None = None) -> Result:
+        headers: dict[str, str] | None = None, pid: int | None = None) -> Result:
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored to the start of a "Latency Distribution" line: a "+/- Stdev" column ending in "50%" (72.50%)
+    # must not be read as the percentile.
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
     if match := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
         errors += int(match.group(1))
     if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(g) for g in match.groups())
-    return Result(case, url, rps, p50, p99, total, errors)
+    per_request = None if cpu is None or not total else round(cpu / total * 1e6, 1)
+    return Result(case, url, rps, p50, p99, total, errors, per_request)
 
 
 def main() -> int:
@@ -228,6 +244,7 @@ def main() -> int:
             auth = {"Authorization": f"Bearer {gate['token']}"}
             checks = [("a", f"{upstream}/public/x", {}), ("b", f"{gate['proxy']}/public/x", {}),
                       ("c", f"{gate['proxy']}/api/items", auth)]
+            pids = {"a": None, "b": int(gate["pid"]), "c": int(gate["pid"])}
             for case, url, headers in checks:
                 status = httpx.get(url, headers=headers).status_code
                 if status != 200:
@@ -240,11 +257,12 @@ def main() -> int:
                         wrk(case, url, duration=args.warmup, connections=args.connections, threads=args.threads,
                             headers=headers)
                     rounds[case].append(wrk(case, url, duration=args.duration, connections=args.connections,
-                                            threads=args.threads, headers=headers))
+                                            threads=args.threads, headers=headers, pid=pids[case]))
             for case in rounds:
                 ordered = sorted(rounds[case], key=lambda r: r.requests_per_second)
                 results.append(ordered[len(ordered) // 2])
     a, b, c = (r.requests_per_second for r in results)
+    cpu_b, cpu_c = (statistics.median(r.cpu_us_per_request or 0.0 for r in rounds[case]) for case in ("b", "c"))
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -252,9 +270,13 @@ def main() -> int:
         "wrk": f"-t{args.threads} -c{args.connections} -d{args.duration}s",
         "rounds": args.rounds,
         "all_rounds_rps": {case: [round(r.requests_per_second) for r in rs] for case, rs in rounds.items()},
+        "all_rounds_cpu_us_per_request": {case: [r.cpu_us_per_request for r in rs] for case, rs in rounds.items()
+                                          if case != "a"},
         "results": [asdict(r) for r in results],
         "ratio_b_over_a": round(b / a, 3),
         "ratio_c_over_b": round(c / b, 3),
+        "median_cpu_us_per_request": {"b": cpu_b, "c": cpu_c},
+        "cpu_ratio_b_over_c": round(cpu_b / cpu_c, 3) if cpu_c else None,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -264,8 +286,11 @@ def main() -> int:
         names = {"a": "upstream directly", "b": "scopegate, public route", "c": "scopegate, token (warm cache)"}
         for r in results:
             print(f"  ({r.case}) {names[r.case]:<30} {r.requests_per_second:>10.0f} req/s   p50 {r.p50_ms:7.2f} ms"
-                  f"   p99 {r.p99_ms:7.2f} ms   errors {r.errors}")
+                  f"   p99 {r.p99_ms:7.2f} ms   errors {r.errors}"
+                  + (f"   cpu {r.cpu_us_per_request} µs/req" if r.cpu_us_per_request is not None else ""))
         print(f"  b/a = {summary['ratio_b_over_a']:.3f}   c/b = {summary['ratio_c_over_b']:.3f}  (budget: c/b ≥ 0.95)")
+        print(f"  scopegate CPU per request (median of rounds): b {cpu_b:.1f} µs, c {cpu_c:.1f} µs;"
+              f" cpu(b)/cpu(c) = {summary['cpu_ratio_b_over_c']} (all: {summary['all_rounds_cpu_us_per_request']})")
     return 0
 
 
