@@ -152,7 +152,7 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._counter += 1
         decision = Decision(f"{self._id_prefix}{self._counter:x}", scope["method"], time.perf_counter(), self.now())
-        self.metrics.in_flight.inc()
+        self.metrics.active += 1
         try:
             await self._gate(scope, receive, send, decision)
         except ScopegateError as exc:
@@ -172,7 +172,7 @@ class ProxyApp:
             decision.deny(reasons.INTERNAL_ERROR, 500)
             await self._send_error(send, GateError(500, reasons.INTERNAL_ERROR, "Internal error."))
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.active -= 1
             decision.duration = time.perf_counter() - decision.started
             self.metrics.record(decision)
             self.log.record(decision)
@@ -181,7 +181,7 @@ class ProxyApp:
         """The opening handshake goes through the gate as a GET; then the upstream is dialled and frames relayed."""
         self._counter += 1
         decision = Decision(f"{self._id_prefix}{self._counter:x}", "GET", time.perf_counter(), self.now())
-        self.metrics.in_flight.inc()
+        self.metrics.active += 1
         try:
             if (await receive())["type"] != "websocket.connect":
                 decision.reason, decision.status = "client_gone", 499
@@ -218,7 +218,7 @@ class ProxyApp:
                 decision.deny(reasons.INTERNAL_ERROR, 500)
                 await deny_websocket(scope, send, GateError(500, reasons.INTERNAL_ERROR, "Internal error."))
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.active -= 1
             decision.duration = time.perf_counter() - decision.started
             self.metrics.record(decision)
             self.log.record(decision)
@@ -336,20 +336,13 @@ class ProxyApp:
         query = head.query.decode("latin-1")
         target = path + ("?" + query if query else "")
         started = time.perf_counter()
-
-        def on_start(status: int) -> None:
-            decision.response_started = True
-            decision.status = status
-
         try:
             if self.echo:
-                on_start(await echo(head.method, path, query, headers, body, send))
+                decision.status = await echo(head.method, path, query, headers, body, send)
                 decision.response_started = True
             else:
                 if self.forwarder is None:
                     raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The proxy is not started.")
-                await self.forwarder.forward(head.method, target, headers, body, send, on_start)
+                await self.forwarder.forward(head.method, target, headers, body, send, decision)
         finally:
             decision.upstream_duration = time.perf_counter() - started
-
-

@@ -22,6 +22,7 @@ from yarl import URL
 from authz.errors import GateError
 from config.schema import ScopegateConfig
 from proxy import reasons
+from proxy.decision import Decision
 from proxy.guard import RequestHead, is_protected, protected_names
 from proxy.validate import VerifiedToken
 
@@ -33,8 +34,8 @@ HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade", "content-length", "host",
 })
 """RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host)."""
-_RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
-                            "transfer-encoding", "upgrade"})
+_RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
+                            b"transfer-encoding", b"upgrade"})
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 
 
@@ -100,6 +101,9 @@ class RequestBody:
 class HeaderPlan:
     """Header sets and names built once per configuration."""
 
+    _MAX_NAMES = 1024
+    """Bound on the memo of client header names (they are client-chosen: the memo must not grow without end)."""
+
     def __init__(self, cfg: ScopegateConfig) -> None:
         identity = cfg.proxy.identity
         self.protected = protected_names(identity)
@@ -108,23 +112,37 @@ class HeaderPlan:
         self.scopes = identity.scopes_header
         self.auth_server = identity.auth_server_header
         self.forward_authorization = identity.forward_authorization
+        self._names: dict[bytes, str | None] = {}
+        """Raw header name → the name to forward it under, or None when it is never forwarded."""
+
+    def _classify(self, raw_name: bytes) -> str | None:
+        """Steps (1) and (2) for one name: None when hop-by-hop, ``_``-spelled, protected or a withheld token."""
+        name = raw_name.decode("latin-1")
+        if name in HOP_BY_HOP or "_" in name or is_protected(name, self.protected):
+            kept: str | None = None
+        elif name == "authorization" and not self.forward_authorization:
+            kept = None
+        else:
+            kept = name
+        if len(self._names) < self._MAX_NAMES:
+            self._names[raw_name] = kept
+        return kept
 
     def upstream_headers(self, head: RequestHead, scope: Mapping[str, Any], token: VerifiedToken | None) -> list[tuple[str, str]]:
-        connection_named: set[str] = set()
-        for key, value in head.headers:
-            if key == b"connection":
-                connection_named.update(t.strip().lower() for t in value.decode("latin-1").split(","))
         out: list[tuple[str, str]] = []
-        protected = self.protected
+        names = self._names
+        connection_named: set[str] | None = None
         for raw_name, raw_value in head.headers:
-            name = raw_name.decode("latin-1")
-            if name in HOP_BY_HOP or name in connection_named or "_" in name:
-                continue
-            if is_protected(name, protected):
-                continue
-            if name == "authorization" and not self.forward_authorization:
+            name = names[raw_name] if raw_name in names else self._classify(raw_name)
+            if name is None:
+                if raw_name == b"connection":
+                    if connection_named is None:
+                        connection_named = set()
+                    connection_named.update(t.strip().lower() for t in raw_value.decode("latin-1").split(","))
                 continue
             out.append((name, raw_value.decode("latin-1")))
+        if connection_named:
+            out = [(name, value) for name, value in out if name not in connection_named]
         if head.content_length is not None and (head.content_length or head.method not in ("GET", "HEAD")):
             out.append(("Content-Length", str(head.content_length)))
         client = scope.get("client")
@@ -143,19 +161,23 @@ class HeaderPlan:
 
 def response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers minus hop-by-hop ones and those its Connection names."""
-    named: set[bytes] = set()
-    for name, value in raw:
-        if name.lower() == b"connection":
-            named.update(t.strip().lower() for t in value.split(b","))
-    out = []
-    has_te = any(name.lower() == b"transfer-encoding" for name, _ in raw)
+    out: list[tuple[bytes, bytes]] = []
+    named: set[bytes] | None = None
+    has_te = False
     for name, value in raw:
         lower = name.lower()
-        if lower.decode("latin-1") in _RESPONSE_DROP or lower in named:
-            continue
-        if has_te and lower == b"content-length":
+        if lower in _RESPONSE_DROP:
+            if lower == b"connection":
+                if named is None:
+                    named = set()
+                named.update(t.strip().lower() for t in value.split(b","))
+            elif lower == b"transfer-encoding":
+                has_te = True
             continue
         out.append((lower, value))
+    if named or has_te:
+        out = [(name, value) for name, value in out
+               if not (named and name in named) and not (has_te and name == b"content-length")]
     return out
 
 
@@ -183,21 +205,34 @@ class Forwarder:
             self.session = None
 
     async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: RequestBody | None,
-                      send: Send, on_start: Callable[[int], None]) -> None:
-        """Send the request, stream the response to ``send``; ``on_start(status)`` once headers go out."""
+                      send: Send, decision: Decision) -> None:
+        """Send the request, stream the response to ``send``; ``decision`` learns the status once headers go out."""
         if self.session is None:
             raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The upstream connection pool is not started.")
         url = URL(self.base + target, encoded=True)
         try:
             async with self.session.request(method, url, headers=headers, data=body.__aiter__() if body else None,
                                             allow_redirects=False) as response:
-                await send({"type": "http.response.start", "status": response.status,
+                status = response.status
+                await send({"type": "http.response.start", "status": status,
                             "headers": response_headers(response.raw_headers)})
-                on_start(response.status)
-                if method != "HEAD":
-                    async for chunk in response.content.iter_any():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                decision.response_started = True
+                decision.status = status
+                if method == "HEAD":
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                # Each chunk goes out as it arrives (never the whole body); the one that ends the body is sent
+                # as the final message, which saves an empty message per response.
+                content = response.content
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        return
+                    if content.at_eof():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                        return
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except GateError:
             raise
         except Exception as exc:

@@ -31,6 +31,9 @@ class ProxyMetrics:
         self.revocation_age = Gauge("scopegate_revocation_state_age_seconds",
                                     "Seconds since the revocation state last applied the change feed.", registry=registry)
         self.in_flight = Gauge("scopegate_requests_in_flight", "Requests being handled by the proxy.", registry=registry)
+        self.active = 0
+        """Requests being handled now: a plain int on the hot path, read by the gauge at scrape time (no lock)."""
+        self.in_flight.set_function(lambda: self.active)
         self.cache_hit = self.token_cache.labels("hit")
         self.cache_miss = self.token_cache.labels("miss")
         self._requests: dict[tuple[str, str, str], Counter] = {}

@@ -24,6 +24,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_started: float | None = None
+        """``loop.time()`` when the head being read began; None between heads."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -39,24 +41,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise FragmentInTarget
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        self._head_started = None
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_deadline = self.loop.call_later(self.header_timeout, self._head_too_slow)
-
-    def _disarm(self) -> None:
+        self._head_started = None
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+        super().connection_lost(exc)
+
+    # One timer per connection, re-armed lazily (as aiohttp re-arms its read timeout): a head that completes
+    # in time leaves the timer running, and when it fires it either finds no head being read (and stops),
+    # or a later head (and waits for that head's own deadline). A timer per request costs a TimerHandle
+    # and a cancel on every request of a keep-alive connection.
+
+    def _arm(self) -> None:
+        self._head_started = self.loop.time()
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_at(self._head_started + self.header_timeout, self._check_head)
+
+    def _check_head(self) -> None:
+        self._head_deadline = None
+        started = self._head_started
+        if started is None:
+            return
+        deadline = started + self.header_timeout
+        if self.loop.time() < deadline:
+            self._head_deadline = self.loop.call_at(deadline, self._check_head)
+            return
+        self._head_too_slow()
 
     def _head_too_slow(self) -> None:
-        self._head_deadline = None
+        self._head_started = None
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:

@@ -201,6 +201,39 @@ async def test_slowloris_headers_hit_the_read_deadline(wire: RawClient, gate: Ga
     assert gate.upstream.started == 0
 
 
+async def test_slow_second_head_on_a_keep_alive_connection_gets_its_own_deadline(wire: RawClient, gate: Gate) -> None:
+    """A head trickled on a reused connection is cut off a read deadline after it began: not earlier, not never."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", wire.port)
+    try:
+        writer.write(b"GET /orders HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        first = await read_response(reader, READ_TIMEOUT + 3)
+        assert first.status == 401 and not first.closed
+        # Start the second head while the connection's first deadline is still pending, so that deadline
+        # passes in the middle of the second head.
+        await asyncio.sleep(READ_TIMEOUT * 0.7)
+        started = time.monotonic()
+        writer.write(b"GET /orders HTTP/1.1\r\nHost: api.example.com\r\n")
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for i in range(1000):
+                    writer.write(f"X-{i}: 1\r\n".encode())
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        trickler = asyncio.create_task(trickle())
+        try:
+            response = await read_response(reader, READ_TIMEOUT + 3)
+            elapsed = time.monotonic() - started
+        finally:
+            trickler.cancel()
+        assert response.closed, "a trickling second head held the connection past the read deadline"
+        assert READ_TIMEOUT * 0.9 <= elapsed < READ_TIMEOUT + 3, f"cut off after {elapsed:.2f}s"
+    finally:
+        writer.close()
+    assert gate.upstream.started == 0
+
+
 async def test_slow_body_hits_the_read_deadline(wire: RawClient, gate: Gate) -> None:
     """A body that never completes is cut off at the read deadline; the upstream never gets a complete request."""
     reader, writer = await asyncio.open_connection("127.0.0.1", wire.port)
