@@ -20,6 +20,10 @@ from authz.errors import BearerError
 from proxy import reasons
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_B64TOKEN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+"""The common case is checked on the raw header with ``bytes.translate`` (a regex costs ~6 ns per byte of a
+1 KiB token): ``Bearer``, any case, spaces, a b64token. Whatever it accepts, the full checks below accept
+too, with the same token; whatever it refuses goes through them."""
 
 
 def extract_bearer(authorization: Sequence[bytes], *, other_method: bool, realm: str) -> str:
@@ -27,6 +31,13 @@ def extract_bearer(authorization: Sequence[bytes], *, other_method: bool, realm:
 
     ``other_method`` says the token also appears in the query string or a form body.
     """
+    if len(authorization) == 1 and not other_method:
+        raw = authorization[0]
+        if raw[:7].lower() == b"bearer ":
+            candidate = raw[7:].lstrip(b" ")
+            body = candidate.rstrip(b"=")
+            if body and not body.translate(None, _B64TOKEN_BYTES):
+                return candidate.decode("ascii")
     if len(authorization) > 1:
         raise BearerError("invalid_request", "The request carries more than one Authorization header.",
                           realm=realm, reason=reasons.INVALID_REQUEST)

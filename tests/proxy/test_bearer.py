@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,3 +98,26 @@ class TestProperties:
             return
         assert token and " " not in token and "," not in token
         assert value.lower().startswith(b"bearer ")
+
+
+def _reference(value: bytes) -> str | None:
+    """The single-header rule written out plainly: case-insensitive scheme, spaces, a b64token."""
+    scheme, _, rest = value.decode("latin-1").partition(" ")
+    token = rest.lstrip(" ")
+    if scheme.lower() != "bearer" or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        return None
+    return token
+
+
+_PREFIXES = ["Bearer ", "bEaReR   ", "BEARER ", "Bearer", "Bearer\t", "Bearerx ", "Basic ", " Bearer ", ""]
+
+
+@given(st.tuples(st.sampled_from(_PREFIXES), st.text(alphabet="ab0+/-._~= \t,\u00e9\r", max_size=24))
+       .map(lambda parts: (parts[0] + parts[1]).encode("latin-1")))
+def test_fast_path_agrees_with_the_rule(value: bytes) -> None:
+    """Whatever the header holds, the token returned (or the refusal) is the one the plain rule gives."""
+    try:
+        got: str | None = extract_bearer([value], other_method=False, realm="orders")
+    except BearerError:
+        got = None
+    assert got == _reference(value)
