@@ -90,6 +90,9 @@ def reconcile(store: Store, cfg: ScopegateConfig, now: float, syslog: SystemLog 
     hashes = {key: _secret_hash(secret, existing.get(key)) for key, (_, secret) in desired.items() if secret is not None}
 
     with store.transaction() as tx:
+        # Read again under the transaction's lock on the objects (``StoreTx.list_objects``): a change
+        # another process made since the read above is then compared, overwritten and logged, not missed.
+        existing = {(kind, obj.id): obj for kind in kinds for obj in tx.list_objects(kind)}
         for key, (document, secret) in desired.items():
             kind, id = key
             before = existing.get(key)

@@ -153,3 +153,36 @@ def test_changed_secret_is_rehashed(store: SqliteStore) -> None:
     assert app is not None
     assert verify_secret("n" * 20, app.secret_hash)
     assert not verify_secret("r" * 20, app.secret_hash)
+
+
+def test_api_change_from_another_process_during_a_reload_is_overwritten(tmp_path: Path) -> None:
+    """Another process's API change committed after a reload read the store but before it wrote is
+    still seen (the reload re-reads under its transaction's lock): overwritten, logged and revoking."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    store, other = SqliteStore(url), SqliteStore(url)
+    try:
+        reconcile(store, config(), NOW)
+
+        def change_through_the_other_process() -> None:
+            app = other.get_object("app", "reporting")
+            assert app is not None
+            other.put_object("app", "reporting", {**app.document, "name": "Changed by API"}, "api")
+
+        class Racing:
+            """The store, with the other process's change landing just before the reload's transaction."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
+
+            def transaction(self) -> Any:
+                change_through_the_other_process()
+                return store.transaction()
+
+        report = reconcile(Racing(), config(), NOW + 60)
+        assert report.overwritten == [("app", "reporting")]
+        restored = store.get_object("app", "reporting")
+        assert restored is not None and restored.document["name"] == "Reporting" and restored.origin == "config"
+        assert any(c.kind == "watermark" and c.data["key"] == "reporting" for c in store.changes_since(0))
+    finally:
+        store.close()
+        other.close()
