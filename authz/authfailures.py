@@ -1,6 +1,12 @@
 """Failed client authentications per client_id and per source address, for the back-off of security.md
 §4.1: "Rate-limit per client_id and per source. Lock out or delay after N failures."
 
+The per-client limit is kept per (client_id, source address), not per client_id alone: client ids are
+not secret (every access token carries one in ``cid``), so a global per-client lockout would let anyone
+who can reach the token endpoint lock a real client out with a few wrong guesses. Guessing a client's
+secret from many addresses is still bounded by each address's own limits, and secrets of 14 or more
+characters are out of reach of online guessing anyway (spec §1.6).
+
 A sliding window per key, in memory and bounded: at most ``size`` keys are tracked (least recently used
 ones are forgotten first), each holding at most ``limit`` timestamps. Success never clears failures:
 a legitimate client's successes must not buy an attacker more guesses at its secret.
@@ -32,7 +38,7 @@ class ClientAuthFailures:
     def _keys(self, client_id: str | None, source: str | None) -> list[tuple[tuple[str, str], int]]:
         keys: list[tuple[tuple[str, str], int]] = []
         if client_id and self.limit > 0:
-            keys.append((("client", client_id), self.limit))
+            keys.append((("client", f"{client_id}\0{source or ''}"), self.limit))
         if source and self.source_limit > 0:
             keys.append((("source", source), self.source_limit))
         return keys

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import authz.clientauth
@@ -205,6 +206,22 @@ class TestBackOff:
             core.clock.advance(1)
             assert (await core.cc()).status_code == 200
             assert len(core.store.list_tokens(client_id="svc")) == 1
+
+    async def test_lockout_of_a_client_is_per_source_address(self, tmp_path: Path) -> None:
+        """Client ids are public (every token's `cid`): failures from one address lock that address out of
+        the client, never the client itself for everyone else (no denial of service by guessing)."""
+        async for core in core_with(tmp_path, with_core(clientAuthFailureLimit=3)):
+            for _ in range(3):
+                assert (await core.cc(client=("svc", "wrong-secret-000"))).status_code == 401
+            assert (await core.cc()).status_code == 429
+            transport = core.client._transport
+            assert isinstance(transport, httpx.ASGITransport)
+            elsewhere = httpx.AsyncClient(transport=httpx.ASGITransport(app=transport.app, client=("192.0.2.7", 4711)),
+                                          base_url=str(core.client.base_url))
+            async with elsewhere:
+                response = await elsewhere.post("/oauth2/orders/v1/token", auth=("svc", SECRET),
+                                                data={"grant_type": "client_credentials", "scope": "orders:read"})
+            assert response.status_code == 200, response.text
 
     @pytest.mark.parametrize("path", [INTROSPECT, REVOKE])
     async def test_lockout_covers_introspect_and_revoke(self, tmp_path: Path, path: str) -> None:
