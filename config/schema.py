@@ -662,9 +662,11 @@ class CoreSettings(Model):
 
     security.md §4.1 (client authentication brute force): "Rate-limit per client_id and per source. Lock
     out or delay after N failures." After ``clientAuthFailureLimit`` failed client authentications naming
-    one client_id within ``clientAuthFailureWindow`` (or ``clientAuthFailureSourceLimit`` from one source
-    address), /token, /introspect and /revoke answer 429 for that client or source without checking
-    credentials until the window has passed. 0 disables a limit. Kept in memory, per process.
+    one client_id from one source address within ``clientAuthFailureWindow`` (or
+    ``clientAuthFailureSourceLimit`` from one source address, whatever the client), /token, /introspect and
+    /revoke answer 429 for that client and source (or that source) without checking credentials until the
+    window has passed. Per address, because client ids are public: a global per-client lockout would let
+    anyone lock a real client out. 0 disables a limit. Kept in memory, per process.
     """
 
     client_auth_failure_limit: int = Field(default=10, ge=0)
