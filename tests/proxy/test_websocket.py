@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from proxy.app import ProxyApp
 from proxy.metrics import ProxyMetrics
 from proxy.protocol import guarded_protocol
+from tests.e2e.conftest import free_port
 from tests.proxy.gatekit import Clock, FakeRevocation, claims, default_keys, gate_config, mint
 
 
@@ -45,12 +45,6 @@ class EchoUpstream:
             elif message.type == WSMsgType.BINARY:
                 await ws.send_bytes(message.data[::-1])
         return ws
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

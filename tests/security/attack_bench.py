@@ -17,7 +17,6 @@ import contextlib
 import functools
 import io
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
 from proxy.keys import IssuerKeys, LocalKeys
 from proxy.metrics import ProxyMetrics
+from tests.e2e.conftest import free_port
+from tests.e2e.recording_upstream import Recorded
 
 NOW = 1_800_000_000.0
 """The gate's clock in these tests (tokens are minted relative to it)."""
@@ -120,17 +121,6 @@ def forge(payload: Any = None, header: Any = None, *, kid: str = "orders-1", bit
 
 
 @dataclass
-class Recorded:
-    method: str
-    raw_path: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-
-@dataclass
 class RecordingUpstream:
     """The protected API: records every request it receives; its behaviour is set per test."""
 
@@ -168,12 +158,6 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
     yield rec
     rec.release.set()
     await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------- the gate
