@@ -669,6 +669,12 @@ class CoreSettings(Model):
     anyone lock a real client out. 0 disables a limit. Kept in memory, per process.
     """
 
+    prune_interval: Duration = Field(default=300.0, gt=0)
+    """How often the process deletes what can no longer matter (expired codes, token records, idle refresh
+    chains, spent change-feed entries) and system-log events past ``logRetention``."""
+    log_retention: Duration = 90 * 86400.0
+    """Okta keeps System Log events for 90 days (spec §6.3); 0 keeps them forever."""
+
     client_auth_failure_limit: int = Field(default=10, ge=0)
     client_auth_failure_source_limit: int = Field(default=100, ge=0)
     client_auth_failure_window: Duration = 60.0

@@ -97,6 +97,8 @@ class Scopegate:
         self.poller: FeedPoller | None = None
         self.proxy_app: ProxyApp | None = None
         self.keys: IssuerKeys | None = None
+        self.background: list[asyncio.Task[None]] = []
+        """The feed poller and the store pruner; cancelled at stop."""
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -160,7 +162,7 @@ class Scopegate:
             listener = Listener(name, sock.getsockname()[0], apps[name], tls=name in tls_names, sock=sock)
             await self._serve(listener)
             self.listeners.append(listener)
-        self.poller_task = asyncio.create_task(self.poller.run())
+        self.background = [asyncio.create_task(self.poller.run()), asyncio.create_task(self._prune_forever())]
 
     async def _serve(self, listener: Listener) -> None:
         tls = self.cfg.listen.tls if listener.tls else None
@@ -214,6 +216,24 @@ class Scopegate:
         scheme = "https" if listener.tls else "http"
         return f"{scheme}://{host}:{port}"
 
+    async def _prune_forever(self) -> None:
+        """Keep the store bounded: expired codes and token records, idle refresh chains, spent feed entries,
+        and system-log events past the retention (Okta keeps 90 days). A failure is logged and retried."""
+        while True:
+            await asyncio.sleep(self.cfg.core.prune_interval)
+            await self.prune_once()
+
+    async def prune_once(self) -> int:
+        if self.store is None:
+            return 0
+        retention = self.cfg.core.log_retention or None
+        try:
+            return await asyncio.to_thread(self.store.prune, self.now(), retention)
+        except ScopegateError as exc:
+            print(f"scopegate: pruning the store failed, will retry: {exc.description or exc}", file=sys.stderr,
+                  flush=True)
+            return 0
+
     async def _reload_keys(self) -> None:
         if self.keys is not None:
             await self.keys.reload_local()
@@ -262,10 +282,10 @@ class Scopegate:
             for task in lst.tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if hasattr(self, "poller_task"):
-            self.poller_task.cancel()
+        for background in self.background:
+            background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.poller_task
+                await background
         if self.proxy_app is not None:
             await self.proxy_app.shutdown()
         if self.keys is not None:

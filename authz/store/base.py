@@ -253,8 +253,9 @@ class Store(StoreTx, Protocol):
 
     def iter_logs(self) -> Iterator[LogRecord]: ...
 
-    def prune(self, now: float) -> int:
-        """Delete expired codes, assertion jtis and token records past their expiry; returns rows removed."""
+    def prune(self, now: float, log_retention: float | None = None) -> int:
+        """Delete expired codes, assertion jtis and token records past their expiry, and system-log events
+        older than ``log_retention`` seconds (None keeps them all); returns rows removed."""
 
 
 def open_store(url: str) -> Store:

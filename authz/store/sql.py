@@ -515,7 +515,7 @@ class SqlStore(ABC):
                 return
             after = page[-1].seq
 
-    def prune(self, now: float) -> int:
+    def prune(self, now: float, log_retention: float | None = None) -> int:
         """Delete what can no longer matter: expired codes, assertion jtis and token records, refresh
         token chains past their absolute expiry or idle window, and change-feed entries whose tokens
         have all expired (the newest entry stays, so ``last_change_seq`` never goes backwards)."""
@@ -534,6 +534,8 @@ class SqlStore(ABC):
                  "AND seq < (SELECT MAX(seq) FROM changes)", (now,)),
             ):
                 removed += max(tx._exec(sql, params).rowcount, 0)
+            if log_retention is not None:
+                removed += max(tx._exec("DELETE FROM logs WHERE published < ?", (now - log_retention,)).rowcount, 0)
             return removed
 
 

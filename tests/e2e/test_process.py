@@ -175,3 +175,25 @@ def test_sighup_applies_a_valid_config(scopegate: Callable[..., RunningScopegate
                        data={"grant_type": "client_credentials", "scope": "demo:read"}).json()["access_token"]
     allowed = httpx.get(f"{gate.proxy}/reports/7", headers={"Authorization": f"Bearer {token}"})
     assert allowed.status_code == 200, allowed.text
+
+
+def test_the_process_prunes_the_store(scopegate: Callable[..., RunningScopegate], tmp_path: Path) -> None:
+    """The running process prunes on its own: with a 1 s log retention, the start-up events leave the system
+    log within a few prune intervals, while new events are kept."""
+    cfg = {**demo_config(tmp_path), "core": {"pruneInterval": "200ms", "logRetention": "1s"}}
+    gate = scopegate(cfg)
+    headers = {"Authorization": f"SSWS {gate.admin_token}"}
+
+    def event_types() -> list[str]:
+        response = httpx.get(f"{gate.core}/api/v1/logs", headers=headers, params={"limit": "1000"})
+        assert response.status_code == 200, response.text
+        return [e["eventType"] for e in response.json()]
+
+    assert "oauth2.as.created" in event_types()
+    deadline = time.monotonic() + 10
+    while "oauth2.as.created" in event_types() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "oauth2.as.created" not in event_types()
+    httpx.post(f"{gate.core}/oauth2/demo/v1/token", auth=("demo-service", DEMO_SECRET),
+               data={"grant_type": "client_credentials", "scope": "demo:read"})
+    assert "app.oauth2.as.token.grant.access_token" in event_types()

@@ -503,3 +503,13 @@ class TestPrune:
         assert first not in [c.seq for c in store.changes_since(0)]
         assert store.last_change_seq() == last
         assert store.prune(NOW) == 0
+
+    def test_log_retention(self, store: Store) -> None:
+        """System-log events older than the retention go; newer ones and the rest of the log stay. Without a
+        retention nothing in the log is deleted."""
+        old = store.append_log({"eventType": "old"}, NOW - 91 * 86400)
+        kept = store.append_log({"eventType": "kept"}, NOW - 89 * 86400)
+        assert store.prune(NOW) == 0
+        assert store.prune(NOW, log_retention=90 * 86400) == 1
+        seqs = [r.seq for r in store.query_logs(LogQuery(since=0, limit=10))]
+        assert old not in seqs and kept in seqs
