@@ -12,12 +12,10 @@ a user deactivated or deleted → all the user's tokens.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
+from authz.documents import dump, ensure_ids
 from authz.keys import ensure_signing_keys
 from authz.passwords import hash_secret, verify_secret
 from authz.store.base import ObjectKind, Store, StoredObject, StoreTx
@@ -54,21 +52,9 @@ class ReconcileReport:
         return bool(self.created or self.updated or self.deleted)
 
 
-def stable_id(prefix: str, *parts: str) -> str:
-    """Okta-style ids (``00p…`` policies, ``0pr…`` rules) for config objects that name none: derived from
-    their names, so that they stay the same across restarts and reloads."""
-    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
-    return prefix + digest[: 20 - len(prefix)]
-
-
 def server_document(server: AuthorizationServerConfig) -> dict[str, Any]:
-    """The stored document of a config-declared AS, with stable policy and rule ids."""
-    doc = _dump(server)
-    for policy in doc.get("policies", []):
-        policy.setdefault("id", stable_id("00p", server.id, policy["name"]))
-        for rule in policy.get("rules", []):
-            rule.setdefault("id", stable_id("0pr", server.id, policy["name"], rule["name"]))
-    return doc
+    """The stored document of a config-declared AS, with the same stable ids the management API gives."""
+    return ensure_ids(server.id, dump(server))
 
 
 def reconcile(store: Store, cfg: ScopegateConfig, now: float, syslog: SystemLog | None = None) -> ReconcileReport:
@@ -78,11 +64,11 @@ def reconcile(store: Store, cfg: ScopegateConfig, now: float, syslog: SystemLog 
     for server in cfg.authorization_servers:
         desired[("authorization_server", server.id)] = (server_document(server), None)
     for app in cfg.apps:
-        desired[("app", app.client_id)] = (_dump(app, exclude={"client_secret"}), app.client_secret)
+        desired[("app", app.client_id)] = (dump(app, exclude={"client_secret"}), app.client_secret)
     for user in cfg.users:
-        desired[("user", user.id)] = (_dump(user, exclude={"password"}), user.password)
+        desired[("user", user.id)] = (dump(user, exclude={"password"}), user.password)
     for group in cfg.groups:
-        desired[("group", group.id)] = (_dump(group), None)
+        desired[("group", group.id)] = (dump(group), None)
 
     kinds: tuple[ObjectKind, ...] = ("group", "user", "app", "authorization_server")
     existing = {(kind, obj.id): obj for kind in kinds for obj in store.list_objects(kind)}
@@ -124,10 +110,6 @@ def reconcile(store: Store, cfg: ScopegateConfig, now: float, syslog: SystemLog 
         if server.remote is None:
             ensure_signing_keys(store, server.id, now)
     return report
-
-
-def _dump(model: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
-    return model.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=exclude)
 
 
 def _secret_hash(secret: str, before: StoredObject | None) -> str:
@@ -173,5 +155,5 @@ def _log(tx: StoreTx, syslog: SystemLog | None, kind: ObjectKind, id: str, verb:
     syslog.record(tx, event)
 
 
-__all__ = ["ReconcileReport", "reconcile", "server_document", "stable_id"]
+__all__ = ["ReconcileReport", "reconcile", "server_document"]
 

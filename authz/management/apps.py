@@ -16,12 +16,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from authz.context import CoreContext
+from authz.documents import Doc, dump
 from authz.errors import OktaApiError
 from authz.management.audit import Caller, change_event
 from authz.management.changes import Change, Snapshot, apply_change, read_object, read_snapshot
 from authz.management.revoking import Watermark, has_access
 from authz.management.routing import admin_route, json_response, no_content, paginate, query_flag, read_json
-from authz.management.shapes import Doc, app_from_okta, app_parts, app_to_okta, dump, iso, new_id
+from authz.management.shapes import app_from_okta, app_parts, app_to_okta, iso, new_id
 from authz.passwords import hash_secret
 from authz.store.base import StoredObject
 

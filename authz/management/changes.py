@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from authz.context import CoreContext
+from authz.documents import Doc, ensure_ids
 from authz.errors import OktaApiError
 from authz.management.revoking import Watermark, lost_access, refresh_tokens_for, watermark_entry
-from authz.management.shapes import Doc, ensure_ids, validate
+from authz.management.shapes import validate
 from authz.store.base import ObjectKind, Store, StoredObject, StoreTx
 from config.invariants import find_reference_errors
 from config.loader import format_path

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from authz.context import CoreContext
+from authz.documents import Doc, dump, ensure_ids
 from authz.errors import OktaApiError
 from authz.keys import ensure_signing_keys, public_jwk, published_keys, rotate_keys
 from authz.management.audit import Caller, change_event, server_target
@@ -24,11 +25,8 @@ from authz.management.changes import Change, Snapshot, apply_change, read_object
 from authz.management.revoking import Watermark
 from authz.management.routing import admin_route, json_response, no_content, paginate, read_json
 from authz.management.shapes import (
-    Doc,
     claim_from_okta,
     claim_to_okta,
-    dump,
-    ensure_ids,
     new_id,
     policy_from_okta,
     policy_to_okta,

@@ -9,7 +9,6 @@ because a typo (``accessTokenLifetimeMinute``) must not silently fall back to a 
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import string
 import time
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from authz.documents import Doc, dump, stable_id
 from authz.errors import OktaApiError
 from config.schema import (
     OIDC_SCOPES,
@@ -32,7 +32,6 @@ from config.schema import (
 )
 
 M = TypeVar("M", bound=BaseModel)
-Doc = dict[str, Any]
 
 _ALPHABET = string.ascii_letters + string.digits
 # Okta's read-only bookkeeping, present on every object it returns.
@@ -47,35 +46,12 @@ def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(20 - len(prefix)))
 
 
-def stable_id(prefix: str, *parts: str) -> str:
-    """The id of a config-declared object that names none, derived from its names (same rule as
-    ``authz.reconcile.stable_id``) so that it is the same in every process and across restarts."""
-    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
-    return prefix + digest[: 20 - len(prefix)]
-
-
 def iso(ts: float) -> str:
     """Okta's timestamps: ``2024-05-01T12:00:00.000Z``."""
     whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
     return f"{whole}.{int((ts % 1) * 1000):03d}Z"
 
 
-def ensure_ids(server_id: str, doc: Doc) -> Doc:
-    """Give every scope, claim, policy and rule of a stored server document its id (in place)."""
-    for scope in doc.get("scopes", []):
-        scope.setdefault("id", stable_id("scp", server_id, scope["name"]))
-    for claim in doc.get("claims", []):
-        claim.setdefault("id", stable_id("ocl", server_id, claim.get("claimType", "RESOURCE"), claim["name"]))
-    for policy in doc.get("policies", []):
-        policy.setdefault("id", stable_id("00p", server_id, policy["name"]))
-        for rule in policy.get("rules", []):
-            rule.setdefault("id", stable_id("0pr", server_id, policy["name"], rule["name"]))
-    return doc
-
-
-def dump(model: BaseModel, exclude: set[str] | None = None) -> Doc:
-    """The stored document of a config model (``authz/store/base.py``)."""
-    return model.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=exclude)
 
 
 # ---------------------------------------------------------------------------------------------- validation

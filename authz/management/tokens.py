@@ -15,10 +15,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from authz.context import CoreContext
+from authz.documents import Doc
 from authz.errors import OktaApiError
 from authz.management.audit import Caller
 from authz.management.routing import admin_route, json_response, no_content, paginate
-from authz.management.shapes import Doc, iso
+from authz.management.shapes import iso
 from authz.store.base import RefreshToken
 from authz.syslog import make_event
 

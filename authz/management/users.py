@@ -16,12 +16,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from authz.context import CoreContext
+from authz.documents import Doc, dump
 from authz.errors import OktaApiError
 from authz.management.audit import Caller, change_event
 from authz.management.changes import Change, Snapshot, apply_change, read_snapshot
 from authz.management.revoking import Watermark
 from authz.management.routing import admin_route, json_response, no_content, paginate, query_flag, read_json
-from authz.management.shapes import Doc, dump, group_from_okta, group_to_okta, new_id, user_from_okta, user_to_okta
+from authz.management.shapes import group_from_okta, group_to_okta, new_id, user_from_okta, user_to_okta
 from authz.passwords import hash_secret
 from authz.store.base import StoredObject
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from authz.documents import stable_id
 from authz.passwords import verify_secret
-from authz.reconcile import reconcile, stable_id
+from authz.reconcile import reconcile
 from authz.store.sqlite import SqliteStore
 from authz.syslog import SystemLog
 from config import ScopegateConfig, parse_config
