@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from authz.keys import active_signing_key, load_private_key
+from authz.keys import load_private_key
 from authz.store.base import SigningKey
 from config.schema import ClaimConfig, UserConfig
 
@@ -29,11 +29,6 @@ ACCESS_TOKEN_TYP = "at+jwt"
 # Spec §1.2 "What each OIDC scope releases" (the attributes the user profile can hold).
 _PROFILE_CLAIMS = ("name", "family_name", "given_name", "middle_name", "nickname", "preferred_username", "profile",
                    "picture", "website", "gender", "birthdate", "zoneinfo", "locale", "updated_at")
-
-
-def active_key(keys: Iterable[SigningKey]) -> SigningKey:
-    """New tokens are signed with the ACTIVE key (spec §1.1: 'new tokens are signed with the new ACTIVE key')."""
-    return active_signing_key(keys)
 
 
 def sign(key: SigningKey, claims: Mapping[str, Any], typ: str | None = None) -> str:
@@ -238,7 +233,6 @@ __all__ = [
     "ID_TOKEN_LIFETIME",
     "AccessTokenRequest",
     "access_token_claims",
-    "active_key",
     "at_hash",
     "custom_claims",
     "id_token_claims",

@@ -8,6 +8,7 @@ from typing import Any
 
 from authz.context import CoreContext
 from authz.jti import make_jti
+from authz.keys import active_signing_key
 from authz.model import App, User
 from authz.oauth.audit import Audit, token_target
 from authz.passwords import token_hash
@@ -17,7 +18,6 @@ from authz.tokens import (
     ID_TOKEN_LIFETIME,
     AccessTokenRequest,
     access_token_claims,
-    active_key,
     custom_claims,
     id_token_claims,
     new_opaque,
@@ -89,7 +89,7 @@ def mint(ctx: CoreContext, tx: StoreTx, keys: list[SigningKey], grant: Grant, au
     otherwise one is created when the grant asks for offline access.
     """
     issuer = ctx.issuer_for(grant.server.id)
-    key = active_key(keys)
+    key = active_signing_key(keys)  # spec §1.1: new tokens are signed with the ACTIVE key
     iat = int(now)
     events: list[dict[str, Any]] = []
     user_id = grant.user.id if grant.user else None
