@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from authz.context import CoreContext
 from authz.errors import ScopegateError
 from authz.oauth import oauth_routes
+from authz.reconcile import reconcile
 from authz.responses import handle_scopegate_error
 from authz.revocation import RevocationState
 from authz.store.base import LogQuery, Store
@@ -28,6 +29,7 @@ from authz.store.sqlite import SqliteStore
 from authz.syslog import SystemLog
 from config.loader import parse_config
 from config.schema import ScopegateConfig
+from tests.clock import Clock
 
 ISSUER = "http://core.test"
 SECRET = "svc-secret-0123456789"
@@ -84,17 +86,6 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
-@dataclass
-class Clock:
-    value: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.value
-
-    def advance(self, seconds: float) -> None:
-        self.value += seconds
-
-
 def rsa_key_pair() -> tuple[bytes, dict[str, Any]]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -105,43 +96,6 @@ def rsa_key_pair() -> tuple[bytes, dict[str, Any]]:
         return base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
 
     return pem, {"kty": "RSA", "n": b64(numbers.n), "e": b64(numbers.e), "alg": "RS256", "use": "sig"}
-
-
-def write_config(store: Store, cfg: ScopegateConfig, now: float) -> None:
-    """What ``authz.reconcile.reconcile`` does at start (its own tests cover it); used directly when available."""
-    try:
-        from authz.reconcile import reconcile
-    except ImportError:  # authz.keys (signing keys) not there yet: write the same documents by hand
-        pass
-    else:
-        reconcile(store, cfg, now)
-        return
-    from authz.passwords import hash_secret
-    from authz.store.base import SigningKey
-
-    def dump(model: Any, exclude: set[str] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = model.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=exclude)
-        return out
-
-    with store.transaction() as tx:
-        for server in cfg.authorization_servers:
-            doc = dump(server)
-            for policy in doc.get("policies", []):
-                policy.setdefault("id", "00p" + hashlib.sha256(policy["name"].encode()).hexdigest()[:17])
-                for rule in policy.get("rules", []):
-                    rule.setdefault("id", "0pr" + hashlib.sha256((policy["name"] + rule["name"]).encode()).hexdigest()[:17])
-            tx.put_object("authorization_server", server.id, doc, "config")
-            pem, jwk = rsa_key_pair()
-            kid = secrets.token_urlsafe(12)
-            tx.add_signing_key(SigningKey(kid, server.id, "ACTIVE", pem, {**jwk, "kid": kid}, now))
-        for app in cfg.apps:
-            tx.put_object("app", app.client_id, dump(app, {"client_secret"}), "config",
-                          secret_hash=hash_secret(app.client_secret) if app.client_secret else None)
-        for user in cfg.users:
-            tx.put_object("user", user.id, dump(user, {"password"}), "config",
-                          secret_hash=hash_secret(user.password) if user.password else None)
-        for group in cfg.groups:
-            tx.put_object("group", group.id, dump(group), "config")
 
 
 @dataclass
@@ -193,7 +147,7 @@ async def build_core(tmp_path: Path, document: dict[str, Any] | None = None) -> 
     cfg = parse_config(yaml.safe_dump(document or BASE_CONFIG), "test.yaml", {})
     clock = Clock()
     store = SqliteStore(f"sqlite:///{tmp_path / 'core.db'}")
-    write_config(store, cfg, clock())
+    reconcile(store, cfg, clock())
     syslog = SystemLog(stream=None)
     issuers = {cfg.issuer_for(s.id): s.id for s in cfg.authorization_servers}
     revocation = RevocationState(issuers, now=clock)

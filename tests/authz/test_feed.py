@@ -15,17 +15,10 @@ from authz.revocation import RevocationState
 from authz.store.base import Change
 from authz.store.errors import StoreError
 from authz.store.sqlite import SqliteStore
+from tests.clock import Clock
 
 ISS = "https://id.example.com/oauth2/aus1"
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class BreakableStore(SqliteStore):

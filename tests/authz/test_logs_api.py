@@ -20,18 +20,11 @@ from authz.revocation import RevocationState
 from authz.store.sqlite import SqliteStore
 from authz.syslog import SystemLog, make_event
 from config.loader import parse_config
+from tests.clock import Clock
 
 TOKEN = "admin-token-0123456789abcdef"
 T0 = 1_800_000_000.0
 AUTH = {"Authorization": f"SSWS {TOKEN}"}
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Env:

@@ -11,19 +11,12 @@ import pytest
 from authz.jti import make_jti
 from authz.revocation import RevocationState, watermark_key
 from authz.store.base import Change
+from tests.clock import Clock
 
 ISS = "https://id.example.com/oauth2/aus1"
 ISS2 = "https://id.example.com/oauth2/aus2"
 REMOTE = "https://remote.example.org/oauth2/default"
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_state(clock: Clock | None = None, leeway: float = 0.0) -> tuple[RevocationState, Clock]:

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
 from proxy.metrics import ProxyMetrics
-from tests.proxy.gatekit import Clock, FakeRevocation, InMemoryKeys, RecordingUpstream, default_keys, gate_config
+from tests.clock import Clock
+from tests.proxy.gatekit import NOW, FakeRevocation, InMemoryKeys, RecordingUpstream, default_keys, gate_config
 
 
 @dataclass
@@ -42,7 +43,7 @@ async def make_gate(upstream: RecordingUpstream, cfg: ScopegateConfig | None = N
     cfg = cfg or gate_config(upstream.url)
     keys = default_keys()
     revocation = FakeRevocation()
-    clock = Clock()
+    clock = Clock(NOW)
     registry = CollectorRegistry()
     log = io.StringIO()
     app = ProxyApp(cfg, keys, revocation, ProxyMetrics(registry), log_stream=log, now=clock)

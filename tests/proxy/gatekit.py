@@ -98,14 +98,6 @@ def mint_raw(header_json: str, payload_json: str, key: str = "k1") -> str:
     return f"{signing_input}.{b64(signature)}"
 
 
-class Clock:
-    def __init__(self, t: float = NOW) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @dataclass
 class FakeRevocation:
     """The two questions the gate asks of the revocation state, with answers the test controls."""

@@ -19,6 +19,7 @@ from authz.store.sqlite import SqliteStore
 from config.schema import AuthorizationServerConfig, RemoteIssuer, ScopegateConfig
 from proxy.keys import IssuerKeys, LocalKeys, build_key_resolver
 from proxy.remote import RemoteIssuerKeys
+from tests.clock import Clock
 
 ISS_A = "http://127.0.0.1:8081/oauth2/a"
 ISS_B = "http://127.0.0.1:8081/oauth2/b"
@@ -56,14 +57,6 @@ class KeyTable:
         return [k for k in self.keys if k.as_id == as_id]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def local(table: KeyTable, clock: Clock, cooldown: float = 5.0) -> LocalKeys:
     return LocalKeys(table, {ISS_A: "a", ISS_B: "b"}, cooldown=cooldown, now=clock)  # type: ignore[arg-type]
 
@@ -71,7 +64,7 @@ def local(table: KeyTable, clock: Clock, cooldown: float = 5.0) -> LocalKeys:
 async def test_loads_every_status_at_start_off_the_event_loop() -> None:
     """ACTIVE, NEXT and EXPIRED keys all verify (rotation is not revocation), read in a worker thread."""
     table = KeyTable(signing_key("a1", "a"), signing_key("a0", "a", "EXPIRED"), signing_key("a2", "a", "NEXT"))
-    keys = local(table, Clock())
+    keys = local(table, Clock(100.0))
     await keys.start()
     for kid in ("a0", "a1", "a2"):
         key = await keys.resolve(ISS_A, kid)
@@ -82,7 +75,7 @@ async def test_loads_every_status_at_start_off_the_event_loop() -> None:
 async def test_a_hit_reads_nothing() -> None:
     """The hot path: a known key is a dictionary lookup, no store call."""
     table = KeyTable(signing_key("a1", "a"))
-    keys = local(table, Clock())
+    keys = local(table, Clock(100.0))
     await keys.start()
     calls = len(table.calls)
     for _ in range(1000):
@@ -93,7 +86,7 @@ async def test_a_hit_reads_nothing() -> None:
 async def test_a_key_of_one_issuer_never_verifies_for_another() -> None:
     """J26: AS b's token cannot name AS a's kid, and no refetch finds it there."""
     table = KeyTable(signing_key("a1", "a"), signing_key("b1", "b"))
-    keys = local(table, Clock())
+    keys = local(table, Clock(100.0))
     await keys.start()
     assert await keys.resolve(ISS_B, "a1") is None
     assert await keys.resolve(ISS_A, "b1") is None
@@ -103,7 +96,7 @@ async def test_a_key_of_one_issuer_never_verifies_for_another() -> None:
 async def test_unknown_issuer_reads_nothing() -> None:
     """An issuer that is not local never triggers a store read."""
     table = KeyTable(signing_key("a1", "a"))
-    keys = local(table, Clock())
+    keys = local(table, Clock(100.0))
     await keys.start()
     calls = len(table.calls)
     assert await keys.resolve("https://evil.example.com", "a1") is None
@@ -112,7 +105,7 @@ async def test_unknown_issuer_reads_nothing() -> None:
 
 async def test_unknown_kid_reloads_once_per_cooldown() -> None:
     """A new key appears after the cooldown; a storm of unknown kids costs one read per cooldown."""
-    clock = Clock()
+    clock = Clock(100.0)
     table = KeyTable(signing_key("a1", "a"))
     keys = local(table, clock, cooldown=5)
     await keys.start()
@@ -128,7 +121,7 @@ async def test_unknown_kid_reloads_once_per_cooldown() -> None:
 
 async def test_concurrent_misses_share_one_reload() -> None:
     """Single flight: concurrent misses wait for the same store read."""
-    clock = Clock()
+    clock = Clock(100.0)
     table = KeyTable(signing_key("a1", "a"))
     keys = local(table, clock)
     await keys.start()
@@ -142,7 +135,7 @@ async def test_concurrent_misses_share_one_reload() -> None:
 async def test_reload_after_rotation_ignores_the_cooldown() -> None:
     """The change feed's reload() picks up a rotated key at once."""
     table = KeyTable(signing_key("a1", "a"))
-    keys = local(table, Clock(), cooldown=3600)
+    keys = local(table, Clock(100.0), cooldown=3600)
     await keys.start()
     table.keys = [signing_key("a1", "a", "EXPIRED"), signing_key("a2", "a")]
     await keys.reload()
@@ -152,7 +145,7 @@ async def test_reload_after_rotation_ignores_the_cooldown() -> None:
 async def test_a_failed_reload_keeps_the_keys() -> None:
     """A store error during reload leaves the keys already held in place."""
     table = KeyTable(signing_key("a1", "a"))
-    keys = local(table, Clock())
+    keys = local(table, Clock(100.0))
     await keys.start()
     table.fail = True
     await keys.reload()
@@ -162,7 +155,7 @@ async def test_a_failed_reload_keeps_the_keys() -> None:
 async def test_weak_store_keys_are_refused() -> None:
     """J23: an RSA key under 2048 bits never verifies, even from our own store."""
     table = KeyTable(signing_key("weak", "a", bits=1024), signing_key("a1", "a"))
-    keys = local(table, Clock())
+    keys = local(table, Clock(100.0))
     await keys.start()
     assert keys.kids(ISS_A) == {"a1"}
 
@@ -171,7 +164,7 @@ async def test_resolver_refuses_to_start_without_local_keys() -> None:
     """Local keys that cannot be read at start-up stop the process (nothing could be validated)."""
     table = KeyTable()
     table.fail = True
-    resolver = IssuerKeys(local(table, Clock()), {})
+    resolver = IssuerKeys(local(table, Clock(100.0)), {})
     with pytest.raises(RuntimeError, match="signing keys"):
         await resolver.start()
 
@@ -182,8 +175,8 @@ async def test_resolver_keeps_local_and_remote_keys_apart() -> None:
     remote = RemoteIssuer(issuer="http://127.0.0.1:9/oauth2/r", audience="https://api.example.com/r",
                           jwks_timeout=0.5)
     async with httpx.AsyncClient() as client:
-        remote_keys = RemoteIssuerKeys(remote, ["RS256"], client, now=Clock())
-        resolver = IssuerKeys(local(table, Clock()), {"r": remote_keys})
+        remote_keys = RemoteIssuerKeys(remote, ["RS256"], client, now=Clock(100.0))
+        resolver = IssuerKeys(local(table, Clock(100.0)), {"r": remote_keys})
         await resolver.start()
         assert await resolver.resolve(ISS_A, "shared") is not None
         assert await resolver.resolve(remote.issuer, "shared") is None

@@ -25,6 +25,7 @@ from config.schema import AuthorizationServerConfig, IntrospectionConfig, Remote
 from proxy.introspection import Introspector
 from proxy.keys import IssuerKeys, build_key_resolver
 from proxy.remote import RemoteIssuerKeys
+from tests.clock import Clock
 
 AS_PATH = "/oauth2/remote"
 
@@ -40,19 +41,6 @@ def public_jwk(name: str, *, bits: int = 2048, **extra: Any) -> dict[str, Any]:
     jwk.update({"kid": name, "alg": "RS256", "use": "sig"})
     jwk.update(extra)
     return {k: v for k, v in jwk.items() if v is not None}
-
-
-class Clock:
-    """A clock the test moves by hand (no sleeping in unit tests)."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @dataclass
@@ -144,7 +132,7 @@ def make_keys(fake: FakeIssuer, client: httpx.AsyncClient, clock: Clock, **kwarg
 class TestDiscoveryAndFetch:
     async def test_discovers_metadata_and_fetches_the_key_set(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """The first start reads RFC 8414 metadata under the issuer, then the JWKS it names."""
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert keys.metadata is not None and keys.metadata.jwks_uri == issuer.issuer + "/v1/keys"
         assert issuer.requests == [AS_PATH + "/.well-known/oauth-authorization-server", AS_PATH + "/v1/keys"]
@@ -154,7 +142,7 @@ class TestDiscoveryAndFetch:
     async def test_falls_back_to_openid_configuration(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """An issuer without RFC 8414 metadata is discovered through openid-configuration."""
         issuer.rfc8414 = False
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert issuer.count("/.well-known/openid-configuration") == 1
         assert await keys.resolve(issuer.issuer, "k1") is not None
@@ -162,7 +150,7 @@ class TestDiscoveryAndFetch:
     async def test_metadata_naming_another_issuer_is_not_used(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """RFC 8414 §3.3: metadata whose issuer differs from the configured one is refused, and no key is fetched."""
         issuer.metadata_issuer = "https://evil.example.com/oauth2/remote"
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert issuer.count("/v1/keys") == 0
         assert await keys.resolve(issuer.issuer, "k1") is None
@@ -170,7 +158,7 @@ class TestDiscoveryAndFetch:
 
     async def test_a_hit_makes_no_request(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """Known keys are answered from memory: a thousand lookups cost no request."""
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         before = len(issuer.requests)
         for _ in range(1000):
@@ -179,7 +167,7 @@ class TestDiscoveryAndFetch:
 
     async def test_never_answers_for_another_issuer(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """J26: this issuer's key is never returned for a token claiming another issuer, even with the same kid."""
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert await keys.resolve(issuer.issuer + "/", "k1") is None
         assert await keys.resolve("https://other.example.com/oauth2/default", "k1") is None
@@ -199,21 +187,21 @@ class TestKeyFiltering:
             {"kty": "oct", "kid": "oct", "k": "c2VjcmV0", "alg": "HS256"},
             public_jwk("good"),
         ]
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert keys.kids == {"good"}
 
     async def test_duplicate_kids_name_no_key(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """security.md §4.4: a kid that names two keys is ambiguous, so neither is used."""
         issuer.keys = [public_jwk("dup"), {**public_jwk("other"), "kid": "dup"}, public_jwk("k1")]
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert keys.kids == {"k1"}
 
     async def test_key_without_alg_takes_the_single_allowed_algorithm(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """A JWK with no alg is pinned to the one allowed algorithm of its key type."""
         issuer.keys = [public_jwk("k1", alg=None)]
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         key = await keys.resolve(issuer.issuer, "k1")
         assert key is not None and key.algorithm_name == "RS256"
@@ -222,7 +210,7 @@ class TestKeyFiltering:
     async def test_a_malformed_key_set_keeps_the_old_keys(self, issuer: FakeIssuer, client: httpx.AsyncClient,
                                                           body: bytes) -> None:
         """A key set that is not JSON, has duplicate members or is no JWK Set is a failed fetch."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock)
         await keys.start()
         issuer.jwks_body = body
@@ -233,7 +221,7 @@ class TestKeyFiltering:
     async def test_an_oversized_key_set_is_refused(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """security.md §4.4: a huge JWKS is not read to the end."""
         issuer.jwks_body = b'{"keys": [' + b'{"kty":"RSA"},' * 100_000 + b"{}]}"
-        keys = make_keys(issuer, client, Clock())
+        keys = make_keys(issuer, client, Clock(1_000_000.0))
         await keys.start()
         assert keys.kids == frozenset()
         assert keys.last_error is not None and "larger" in keys.last_error
@@ -243,7 +231,7 @@ class TestRefetch:
     async def test_rotation_is_picked_up_on_an_unknown_kid_after_the_cooldown(self, issuer: FakeIssuer,
                                                                              client: httpx.AsyncClient) -> None:
         """A new kid refetches the key set once the cooldown since the last fetch has passed."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock, jwks_refetch_cooldown=30)
         await keys.start()
         issuer.keys = [public_jwk("k1"), public_jwk("k2")]
@@ -254,7 +242,7 @@ class TestRefetch:
 
     async def test_unknown_kids_refetch_at_most_once_per_cooldown(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """J5: a storm of unknown kids costs at most one fetch per cooldown."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock, jwks_refetch_cooldown=30)
         await keys.start()
         for i in range(50):
@@ -270,7 +258,7 @@ class TestRefetch:
 
     async def test_concurrent_misses_share_one_fetch(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """Single flight: a hundred concurrent misses wait for one fetch, and all see the new key."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock)
         await keys.start()
         issuer.keys = [public_jwk("k2")]
@@ -282,7 +270,7 @@ class TestRefetch:
     async def test_an_outage_of_the_keys_endpoint_keeps_the_old_keys(self, issuer: FakeIssuer,
                                                                       client: httpx.AsyncClient) -> None:
         """A 500 from the keys endpoint leaves the keys already held in place; recovery brings the new ones."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock)
         await keys.start()
         issuer.jwks_status = 500
@@ -299,7 +287,7 @@ class TestRefetch:
     async def test_a_hanging_keys_endpoint_times_out_and_keeps_the_old_keys(self, issuer: FakeIssuer,
                                                                             client: httpx.AsyncClient) -> None:
         """A keys endpoint that never answers costs one timeout, not a stuck request; old keys stay."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock, jwks_timeout=0.2)
         await keys.start()
         issuer.hang_keys = True
@@ -312,7 +300,7 @@ class TestRefetch:
     async def test_an_issuer_down_at_start_is_fetched_on_first_use(self, client: httpx.AsyncClient,
                                                                     issuer: FakeIssuer) -> None:
         """Start-up does not fail when a remote issuer is down; its keys come once it answers."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         issuer.jwks_status = 503
         keys = make_keys(issuer, client, clock)
         await keys.start()
@@ -323,7 +311,7 @@ class TestRefetch:
 
     async def test_an_old_key_set_is_renewed_in_the_background(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """After max_age, a hit still answers at once and starts one background refetch."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         keys = make_keys(issuer, client, clock)
         await keys.start()
         clock.advance(keys.max_age + 1)
@@ -351,7 +339,7 @@ def introspector(fake: FakeIssuer, client: httpx.AsyncClient, clock: Clock, *, t
 class TestIntrospection:
     async def test_active_token_passes_and_is_cached(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """An active answer lets the token through; a second check within the TTL asks nobody."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         tok = token_for("j1")
         issuer.active[tok] = True
         check = introspector(issuer, client, clock)
@@ -361,7 +349,7 @@ class TestIntrospection:
 
     async def test_inactive_token_is_refused_as_revoked(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """RFC 7662 §2.2: active false → 401 invalid_token, reason revoked."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         check = introspector(issuer, client, clock)
         with pytest.raises(BearerError) as err:
             await check.validate_active(token_for("j1"), jti="j1", exp=clock() + 3600)
@@ -370,7 +358,7 @@ class TestIntrospection:
 
     async def test_cache_lives_no_longer_than_cache_ttl(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """A revocation at the issuer is seen once cacheTTL has passed."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         tok = token_for("j1")
         issuer.active[tok] = True
         check = introspector(issuer, client, clock, ttl=30)
@@ -385,7 +373,7 @@ class TestIntrospection:
 
     async def test_cache_never_outlives_exp(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """A result is not kept past the token's exp, even when cacheTTL is longer."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         tok = token_for("j1")
         issuer.active[tok] = True
         check = introspector(issuer, client, clock, ttl=300)
@@ -397,7 +385,7 @@ class TestIntrospection:
 
     async def test_cache_is_keyed_by_jti_not_by_token_string(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """J14: a re-padded signature is the same token and finds the same (inactive) result."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         check = introspector(issuer, client, clock)
         with pytest.raises(BearerError):
             await check.validate_active(token_for("j1"), jti="j1", exp=clock() + 3600)
@@ -410,7 +398,7 @@ class TestIntrospection:
     async def test_an_unusable_answer_fails_closed(self, issuer: FakeIssuer, client: httpx.AsyncClient,
                                                    status: int, body: dict[str, Any]) -> None:
         """A token whose state cannot be learned is denied: 503 introspection_unavailable, not cached."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         issuer.introspection_status, issuer.introspection_body = status, body
         check = introspector(issuer, client, clock)
         for _ in range(2):
@@ -421,7 +409,7 @@ class TestIntrospection:
 
     async def test_a_hanging_endpoint_times_out_closed(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """An introspection endpoint that never answers is a denial after the timeout."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         issuer.hang_introspection = True
         check = introspector(issuer, client, clock, timeout=0.2)
         async with asyncio.timeout(5):
@@ -430,7 +418,7 @@ class TestIntrospection:
 
     async def test_concurrent_checks_of_one_token_share_one_call(self, issuer: FakeIssuer, client: httpx.AsyncClient) -> None:
         """Fifty simultaneous requests with one token cause one introspection call."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         tok = token_for("j1")
         issuer.active[tok] = True
         check = introspector(issuer, client, clock)
@@ -440,7 +428,7 @@ class TestIntrospection:
     async def test_client_authenticates_with_form_encoded_basic_credentials(self, issuer: FakeIssuer,
                                                                              client: httpx.AsyncClient) -> None:
         """RFC 6749 §2.3.1: id and secret are form-urlencoded before base64 (client_secret_basic)."""
-        clock = Clock()
+        clock = Clock(1_000_000.0)
         check = introspector(issuer, client, clock, client_id="gate:1", secret="p%ss+word/xyz1234")
         with pytest.raises(BearerError):
             await check.validate_active(token_for("j1"), jti="j1", exp=clock() + 3600)

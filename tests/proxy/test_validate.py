@@ -14,12 +14,12 @@ import pytest
 from authz.errors import BearerError
 from proxy.cache import TokenCache
 from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken
+from tests.clock import Clock
 from tests.proxy.gatekit import (
     DROP,
     ISSUER,
     NOW,
     RESOURCE,
-    Clock,
     InMemoryKeys,
     b64,
     claims,
@@ -255,7 +255,7 @@ class TestCache:
 
     def test_hit_until_exp(self) -> None:
         """An entry is returned until its token's exp, then it is a miss."""
-        clock = Clock()
+        clock = Clock(NOW)
         cache = TokenCache(10, clock)
         cache.put("t", self._verified(NOW + 10))
         assert cache.get("orders", "t") is not None
@@ -264,25 +264,25 @@ class TestCache:
 
     def test_keyed_by_authorization_server(self) -> None:
         """The same token under another AS is a miss: it must be validated for that AS."""
-        cache = TokenCache(10, Clock())
+        cache = TokenCache(10, Clock(NOW))
         cache.put("t", self._verified(NOW + 10))
         assert cache.get("other", "t") is None
 
     def test_bounded(self) -> None:
         """The cache never holds more than its size."""
-        cache = TokenCache(3, Clock())
+        cache = TokenCache(3, Clock(NOW))
         for i in range(10):
             cache.put(f"t{i}", self._verified(NOW + 10))
         assert len(cache) == 3
 
     def test_size_zero_disables(self) -> None:
         """tokenCacheSize 0 turns the cache off."""
-        cache = TokenCache(0, Clock())
+        cache = TokenCache(0, Clock(NOW))
         cache.put("t", self._verified(NOW + 10))
         assert cache.get("orders", "t") is None
 
     def test_expired_entry_is_not_stored(self) -> None:
         """A token past its exp (passing only by leeway) is never cached."""
-        cache = TokenCache(3, Clock())
+        cache = TokenCache(3, Clock(NOW))
         cache.put("t", self._verified(NOW - 1))
         assert len(cache) == 0

@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 from proxy.app import ProxyApp
 from proxy.metrics import ProxyMetrics
 from proxy.protocol import guarded_protocol
+from tests.clock import Clock
 from tests.e2e.conftest import free_port
-from tests.proxy.gatekit import Clock, FakeRevocation, claims, default_keys, gate_config, mint
+from tests.proxy.gatekit import NOW, FakeRevocation, claims, default_keys, gate_config, mint
 
 
 @dataclass
@@ -71,7 +72,7 @@ async def served() -> AsyncIterator[Served]:
     registry = CollectorRegistry()
     log = io.StringIO()
     gate = ProxyApp(gate_config(upstream.url), default_keys(), revocation, ProxyMetrics(registry), log_stream=log,
-                    now=Clock())
+                    now=Clock(NOW))
     await gate.startup()
     try:
         async with serve(gate) as url:
@@ -177,7 +178,7 @@ async def test_upstream_down_is_502() -> None:
     """An upstream that cannot be reached answers the handshake with 502 (never a 101 followed by a close)."""
     cfg = gate_config(f"http://127.0.0.1:{free_port()}")
     gate = ProxyApp(cfg, default_keys(), FakeRevocation(), ProxyMetrics(CollectorRegistry()), log_stream=None,
-                    now=Clock())
+                    now=Clock(NOW))
     await gate.startup()
     try:
         async with serve(gate) as url, aiohttp.ClientSession() as session:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from proxy.keys import IssuerKeys, LocalKeys
+from tests.e2e.conftest import free_port
 from tests.security.attack_bench import (
     ADMIN_AUD,
     ADMIN_ISS,
@@ -22,7 +23,6 @@ from tests.security.attack_bench import (
     build_proxy_app,
     claims,
     forge,
-    free_port,
     gate_config,
     valid_token,
 )

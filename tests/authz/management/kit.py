@@ -12,6 +12,7 @@ import httpx
 from starlette.applications import Starlette
 
 from authz.context import CoreContext
+from authz.documents import dump
 from authz.errors import ScopegateError
 from authz.jti import make_jti
 from authz.management import management_routes
@@ -21,6 +22,7 @@ from authz.store.base import LogQuery, RefreshToken, Store
 from authz.store.sqlite import SqliteStore
 from authz.syslog import SystemLog
 from config.schema import AppConfig, AuthorizationServerConfig, GroupConfig, ScopegateConfig, UserConfig
+from tests.clock import Clock
 
 ISSUER = "http://core.test"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -51,29 +53,17 @@ USERS: list[dict[str, Any]] = [
 ]
 
 
-@dataclass
-class Clock:
-    value: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.value
-
-
-def _dump(model: Any, exclude: set[str] | None = None) -> dict[str, Any]:
-    return dict(model.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=exclude))
-
-
 def seed(store: Store) -> None:
     """The objects a config file would declare, written as ``authz.reconcile`` writes them."""
     with store.transaction() as tx:
-        tx.put_object("authorization_server", "orders", _dump(AuthorizationServerConfig.model_validate(SERVER)),
+        tx.put_object("authorization_server", "orders", dump(AuthorizationServerConfig.model_validate(SERVER)),
                       "config")
         for group in GROUPS:
-            tx.put_object("group", group["id"], _dump(GroupConfig.model_validate(group)), "config")
+            tx.put_object("group", group["id"], dump(GroupConfig.model_validate(group)), "config")
         for user in USERS:
-            tx.put_object("user", user["id"], _dump(UserConfig.model_validate(user)), "config")
+            tx.put_object("user", user["id"], dump(UserConfig.model_validate(user)), "config")
         for app in APPS:
-            tx.put_object("app", app["clientId"], _dump(AppConfig.model_validate(app), {"client_secret"}), "config",
+            tx.put_object("app", app["clientId"], dump(AppConfig.model_validate(app), {"client_secret"}), "config",
                           secret_hash="scrypt$stand-in")
 
 

@@ -16,7 +16,8 @@ from authz.revocation import RevocationState
 from authz.store.base import Store, open_store
 from authz.syslog import SystemLog
 from config.schema import ScopegateConfig
-from tests.authz.management.kit import ADMIN_TOKEN, ISSUER, Clock, seed
+from tests.authz.management.kit import ADMIN_TOKEN, ISSUER, seed
+from tests.clock import Clock
 
 POSTGRES_URL = os.environ.get("SCOPEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
