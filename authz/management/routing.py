@@ -23,6 +23,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_LIMIT = 200
+MAX_JSON_BODY_BYTES = 1 << 20
+"""Management request bodies: the largest Okta object (an authorization server with its policies) is a few
+KiB; a MiB leaves room and keeps one request from holding the core's memory."""
+MAX_JSON_DEPTH = 32
+"""Nesting of objects and arrays in a management request body; Okta's deepest documented shape (a rule's
+``conditions.people.groups.include``) is five levels."""
+NOT_WELL_FORMED = "The request body was not well-formed."
 
 
 def check_admin_token(ctx: CoreContext, request: Request) -> int:
@@ -67,17 +74,62 @@ def no_content() -> Response:
     return Response(status_code=204)
 
 
+def not_well_formed(*causes: str, status_code: int = 400) -> OktaApiError:
+    """Okta's E0000003 (Reader exception): "The request body was not well-formed." (HTTP 400)."""
+    return OktaApiError(status_code, "E0000003", NOT_WELL_FORMED, causes)
+
+
+async def read_body(request: Request, limit: int = MAX_JSON_BODY_BYTES) -> bytes:
+    """The body, read in chunks and refused (413 E0000003) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise not_well_formed(f"The request body exceeds {limit} bytes.", status_code=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise not_well_formed(f"The request body exceeds {limit} bytes.", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` nests arrays/objects deeper than ``limit``; iterative, so it cannot recurse too deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; E0000003 (Okta's 'not well-formed') otherwise."""
-    raw = await request.body()
+    """The request body as a JSON object; E0000003 (Okta's 'not well-formed') otherwise.
+
+    Issue 8 item 14: bounded in size (``MAX_JSON_BODY_BYTES``, 413) and nesting (``MAX_JSON_DEPTH``, 400).
+    ``json.loads`` itself raises RecursionError at about the interpreter's recursion limit, and whatever
+    handles the parsed document afterwards (validation, the system log's change details) recurses too,
+    so a document deeper than the limit is refused here rather than half-way through a handler.
+    """
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise OktaApiError(400, "E0000003", "The request body was not well-formed.") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise not_well_formed() from None
     if not isinstance(body, dict):
-        raise OktaApiError(400, "E0000003", "The request body was not well-formed.")
+        raise not_well_formed()
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise not_well_formed(f"The request body nests objects or arrays deeper than {MAX_JSON_DEPTH} levels.")
     return body
 
 
