@@ -310,7 +310,7 @@ def run(config_path: str | None) -> int:
         print(f"scopegate: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_STARTUP
     if config_path is None:
-        Path(".scopegate").mkdir(exist_ok=True)
+        Path(".scopegate").mkdir(mode=0o700, exist_ok=True)  # private: the store keeps signing keys there
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works

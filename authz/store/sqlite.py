@@ -25,6 +25,32 @@ from authz.store.sql import Cursor, SqlStore
 BUSY_TIMEOUT_MS = 10_000
 _PREFIX = "sqlite:///"
 _MEMORY = ":memory:"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _make_private(path: str, url: str) -> None:
+    """Create the database file 0600 before SQLite opens it, and tighten files an older version left looser.
+
+    SQLite creates its -wal and -shm files with the database file's permissions (os_unix.c,
+    ``findCreateFileMode``), so a private database file keeps them private too, whatever the umask.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, PRIVATE_FILE_MODE)
+    except OSError:
+        return  # SQLite cannot open it either, and says why in its own words (one line, as before)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+        for side in (path + suffix for suffix in _SIDE_FILES):
+            if os.path.exists(side) and os.stat(side).st_mode & 0o077:
+                os.chmod(side, PRIVATE_FILE_MODE)
+    except OSError as exc:
+        raise StoreError(f"cannot open store {url}: cannot make its files private (0600): "
+                         f"{exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def database_path(url: str) -> str:
@@ -53,10 +79,13 @@ class SqliteStore(SqlStore):
         if not self._memory:
             parent = os.path.dirname(os.path.abspath(self.path))
             try:
-                os.makedirs(parent, exist_ok=True)
+                # The store holds private signing keys: a directory made here is the user's alone (0700).
+                # An existing one is left as it is (it may be /tmp or a mounted volume); the files are 0600.
+                os.makedirs(parent, mode=PRIVATE_DIR_MODE, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot open store {url}: cannot create directory {parent}: "
                                  f"{exc.strerror or exc}") from exc
+            _make_private(self.path, url)
         try:
             self._migrate("sqlite")
         except BaseException:
