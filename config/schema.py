@@ -105,6 +105,17 @@ class TlsConfig(Model):
     key_file: str
 
 
+class ConnectionLimits(Model):
+    """Open connections per listener (issue 8, item 6); one over the cap is answered 503 and closed at once.
+
+    The process raises its soft file-descriptor limit to the hard one at start, so the defaults fit in the
+    usual container limit (1,048,576) and in a login shell's (a soft 1,024 under a hard 4,096 or more)."""
+
+    proxy: int = Field(default=4096, ge=1)
+    core: int = Field(default=1024, ge=1)
+    ops: int = Field(default=64, ge=1)
+
+
 class Listen(Model):
     proxy: str = "127.0.0.1:8080"
     core: str = "127.0.0.1:8081"
@@ -112,6 +123,7 @@ class Listen(Model):
     ops: str = "127.0.0.1:9090"
     tls: TlsConfig | None = None
     tls_listeners: list[Literal["proxy", "core", "ops"]] = Field(default_factory=lambda: ["core"])  # type: ignore[arg-type]
+    max_connections: ConnectionLimits = Field(default_factory=ConnectionLimits)
 
     @field_validator("proxy", "core", "ops")
     @classmethod
@@ -225,6 +237,9 @@ class Identity(Model):
 
 
 class Limits(Model):
+    """Request limits (``proxy.limits``). The head limits and ``readTimeout`` bound all three listeners'
+    connections while a head arrives (and the core's and ops' bodies); the rest are the proxy's."""
+
     max_header_bytes: int = Field(default=16384, ge=1024)
     max_headers: int = Field(default=100, ge=8)
     max_target_bytes: int = Field(default=8192, ge=256)

@@ -1,9 +1,17 @@
-"""The proxy listener's HTTP/1.1 protocol: uvicorn's httptools protocol with two checks it lacks.
+"""The HTTP/1.1 protocol of all three listeners: uvicorn's httptools protocol with the guards it lacks.
 
 - A ``#`` in the request target is rejected with 400 (security.md §0.4, §3.4). httptools parses the
   fragment off before the ASGI scope is built, so the gate itself can never see it.
 - A read deadline for the request head: headers that trickle in (slowloris, security.md §3.7) are cut
-  off after ``limits.readTimeout``; uvicorn only times out idle keep-alive connections.
+  off after ``limits.readTimeout``; uvicorn only times out idle keep-alive connections. The deadline is
+  armed when the connection opens, so a connection that never sends a byte is closed as well.
+- Head and target sizes are enforced *while* the head arrives (issue 8, item 6): httptools has no limit of
+  its own and buffers a header value with repeated ``bytes +=``, so a 97 MiB header used to be read whole
+  (quadratically) before the guard could count it. At most ``limits.maxTargetBytes`` of target (414) and
+  ``maxTargetBytes + maxHeaderBytes`` of head (431) are ever fed to the parser; then the connection closes.
+- A body deadline (core and ops; the proxy bounds its bodies itself, per request, in ``proxy/forward.py``):
+  a body that trickles is cut off ``readTimeout`` after its head.
+- A cap on open connections per listener: one over the cap is answered 503 and closed at once.
 """
 
 from __future__ import annotations
@@ -11,25 +19,86 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_HEAD_SLACK = 64
+"""Bytes of request line and framing beyond the target and header limits (method, version, CRLFs)."""
 
 
 class FragmentInTarget(Exception):
     """Raised inside a parser callback; httptools turns it into a parser error, answered with 400."""
 
 
+class Refused(Exception):
+    """Raised inside a parser callback to answer ``status`` and close (httptools re-raises it as context)."""
+
+    def __init__(self, status: int, phrase: str) -> None:
+        super().__init__(phrase)
+        self.status = status
+        self.phrase = phrase
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = 30.0
+    body_timeout: float | None = None
+    """Seconds from the end of a head to the end of its body; None leaves bodies to the app."""
+    max_target_bytes: int = 8192
+    max_head_bytes: int = 8192 + 16384 + _HEAD_SLACK
+    max_connections: int = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
         self._head_started: float | None = None
         """``loop.time()`` when the head being read began; None between heads."""
+        self._head_bytes = 0
+        """Bytes fed to the parser since the head being read began."""
+        self._reading_head = True
+        self._body_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._refuse(503, "Service Unavailable", b"retry-after: 1\r\n")
+            return
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        # Feed a head no further than its budget: what is past it is never buffered, parsed or kept.
+        while self._reading_head and not self.transport.is_closing():
+            budget = self.max_head_bytes - self._head_bytes
+            if budget <= 0:
+                self._refuse(431, "Request Header Fields Too Large")
+                return
+            if len(data) <= budget:
+                self._head_bytes += len(data)
+                self._feed(data)
+                return
+            part, data = data[:budget], data[budget:]
+            self._head_bytes += len(part)
+            self._feed(part)
+            if self.parser is None or self.transport.is_closing() or self.transport.get_protocol() is not self:
+                return  # refused, or handed over to the WebSocket protocol
+        if data and not self.transport.is_closing() and self.transport.get_protocol() is self:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, with refusals raised in callbacks answered with their own status."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if isinstance(refused, Refused):
+                self._refuse(refused.status, refused.phrase)
+                return
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -37,18 +106,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
+        if len(self.url) > self.max_target_bytes:
+            raise Refused(414, "URI Too Long")
         if b"#" in url:
             raise FragmentInTarget
 
     def on_headers_complete(self) -> None:
         self._head_started = None
+        self._reading_head = False
         super().on_headers_complete()
+        if self.body_timeout is not None and self._body_deadline is None:
+            self._body_deadline = self.loop.call_later(self.body_timeout, self._body_too_slow)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head = True
+        self._head_bytes = 0
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_started = None
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+        for timer in (self._head_deadline, self._body_deadline):
+            if timer is not None:
+                timer.cancel()
+        self._head_deadline = self._body_deadline = None
         super().connection_lost(exc)
 
     # One timer per connection, re-armed lazily (as aiohttp re-arms its read timeout): a head that completes
@@ -74,13 +157,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self._head_started = None
+        self._refuse(408, "Request Timeout")
+
+    def _body_too_slow(self) -> None:
+        self._body_deadline = None
+        self._refuse(408, "Request Timeout")
+
+    def _refuse(self, status: int, phrase: str, extra: bytes = b"") -> None:
+        """Answer ``status`` (unless a response is already under way) and close the connection."""
+        self._head_started = None
+        self._reading_head = False
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n%s\r\n"
+                                 % (status, phrase.encode("ascii"), extra))
+        if cycle is not None and not cycle.response_complete:
+            # The app's own answer must never follow on this socket, and a read it waits on ends now.
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.close()
 
 
-def guarded_protocol(header_timeout: float) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class with this listener's deadline (uvicorn instantiates the class per connection)."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"header_timeout": header_timeout})
+def guarded_protocol(header_timeout: float, *, max_target_bytes: int, max_header_bytes: int, max_connections: int,
+                     body_timeout: float | None = None) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class with one listener's limits (uvicorn instantiates the class per connection)."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_target_bytes": max_target_bytes,
+        "max_head_bytes": max_target_bytes + max_header_bytes + _HEAD_SLACK,
+        "max_connections": max_connections,
+    })

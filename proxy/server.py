@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import socket
 import sys
@@ -166,9 +167,16 @@ class Scopegate:
 
     async def _serve(self, listener: Listener) -> None:
         tls = self.cfg.listen.tls if listener.tls else None
-        http: Any = "httptools"
-        if listener.name == "proxy":
-            http = guarded_protocol(self.cfg.proxy.limits.read_timeout)
+        limits = self.cfg.proxy.limits
+        # Every listener gets the guarded protocol: the core and ops answer unauthenticated clients too
+        # (issue 8, item 6). The proxy reads bodies itself, under the same deadline, per request.
+        http = guarded_protocol(
+            limits.read_timeout,
+            max_target_bytes=limits.max_target_bytes,
+            max_header_bytes=limits.max_header_bytes,
+            max_connections=getattr(self.cfg.listen.max_connections, listener.name),
+            body_timeout=None if listener.name == "proxy" else limits.read_timeout,
+        )
         config = uvicorn.Config(
             listener.app,
             lifespan="off",
@@ -311,6 +319,7 @@ def run(config_path: str | None) -> int:
         return EXIT_STARTUP
     if config_path is None:
         Path(".scopegate").mkdir(mode=0o700, exist_ok=True)  # private: the store keeps signing keys there
+    _raise_file_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
@@ -325,6 +334,16 @@ def run(config_path: str | None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _raise_file_limit() -> None:
+    """Lift the soft descriptor limit to the hard one, so the connection caps are what bounds connections."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # some sandboxes refuse; the soft limit then stays the bound
+        pass
 
 
 async def _main(cfg: ScopegateConfig, config_path: str | None) -> None:
