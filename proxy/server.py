@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 import uvicorn
@@ -317,8 +316,6 @@ def run(config_path: str | None) -> int:
     except ConfigError as exc:
         print(f"scopegate: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_STARTUP
-    if config_path is None:
-        Path(".scopegate").mkdir(mode=0o700, exist_ok=True)  # private: the store keeps signing keys there
     _raise_file_limit()
     try:
         import uvloop
