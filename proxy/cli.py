@@ -1,4 +1,4 @@
-"""The ``scopegate`` command: run, check, explain."""
+"""The ``scopegate`` command: run, check, explain, inject."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from config import ConfigError, load_config
+from proxy.inject.patch import InjectorSettings
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -28,6 +29,15 @@ def _run(args: argparse.Namespace) -> int:
     return run(args.config)
 
 
+def _inject(args: argparse.Namespace) -> int:
+    # Only the injector's own subpackage: the webhook process loads nothing of the gate (DESIGN §8).
+    from proxy.inject.server import run
+
+    settings = InjectorSettings(image=args.image, config_map=args.config_map, proxy_port=args.proxy_port,
+                                ops_port=args.ops_port, run_as_user=args.run_as_user)
+    return run(settings, cert_file=args.cert, key_file=args.key, listen=args.listen, ops=args.ops)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "explain":
@@ -44,6 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config file and exit 0 (valid) or 1 (invalid)")
     check.add_argument("--config", help="YAML config file (default: the built-in demo config)")
     check.set_defaults(func=_check)
+    inject = commands.add_parser("inject", help="serve the sidecar injector (a mutating admission webhook)")
+    defaults = InjectorSettings()
+    inject.add_argument("--cert", required=True, help="PEM certificate file (reloaded when it changes)")
+    inject.add_argument("--key", required=True, help="PEM private key file (reloaded when it changes)")
+    inject.add_argument("--listen", default="0.0.0.0:8443", help="webhook address (default: %(default)s)")
+    inject.add_argument("--ops", default="0.0.0.0:9090", help="health and metrics address (default: %(default)s)")
+    inject.add_argument("--image", default=defaults.image, help="sidecar image (default: %(default)s; "
+                        "scopegate.io/image overrides it per pod)")
+    inject.add_argument("--config-map", default=defaults.config_map, help="ConfigMap with the sidecar's "
+                        "scopegate.yaml (default: %(default)s; scopegate.io/config overrides it per pod)")
+    inject.add_argument("--proxy-port", type=int, default=defaults.proxy_port, help="sidecar proxy port "
+                        "(default: %(default)s; scopegate.io/proxy-port)")
+    inject.add_argument("--ops-port", type=int, default=defaults.ops_port, help="sidecar ops port "
+                        "(default: %(default)s; scopegate.io/ops-port)")
+    inject.add_argument("--run-as-user", type=int, default=defaults.run_as_user,
+                        help="the sidecar image's numeric user (default: %(default)s)")
+    inject.set_defaults(func=_inject)
     commands.add_parser("explain", help="show how the policy evaluates a request, issuing nothing "
                         "(scopegate explain --help)")
     args = parser.parse_args(argv)
