@@ -248,6 +248,9 @@ class Limits(Model):
     read_timeout: Duration = 30.0
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+
+
 class ProxySettings(Model):
     leeway: Duration = 60.0
     token_cache_size: int = Field(default=10000, ge=0)
@@ -255,6 +258,20 @@ class ProxySettings(Model):
     """A path inside a resource with no matching route: 403 ``no_route`` (fail closed) or any valid token."""
     identity: Identity = Field(default_factory=Identity)
     limits: Limits = Field(default_factory=Limits)
+    strip_headers: list[str] = Field(default_factory=list)
+    """Header names the upstream trusts (say ``X-Tenant``), stripped from every client request like the built-in
+    identity and forwarding headers (``X-Scopegate-*``, ``X-Forwarded-*``, ``Remote-User``, ``True-Client-IP``,
+    ``X-Auth-*``, ...), in any case and duplicated or not; a spelling with ``_`` or ``.`` is refused with 400.
+    Names only (letters, digits, ``-``); default empty."""
+
+    @field_validator("strip_headers")
+    @classmethod
+    def _strip_headers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header name to strip: use letters, digits and '-' "
+                                 "(a '_' or '.' spelling is refused by the proxy anyway)")
+        return value
 
     @field_validator("leeway")
     @classmethod

@@ -12,11 +12,21 @@
 - A body deadline (core and ops; the proxy bounds its bodies itself, per request, in ``proxy/forward.py``):
   a body that trickles is cut off ``readTimeout`` after its head.
 - A cap on open connections per listener: one over the cap is answered 503 and closed at once.
+- Upgrades (issue 8, item 1): httptools treats a request with ``Connection: upgrade`` and an ``Upgrade``
+  header, and any CONNECT, as the end of HTTP on the connection: it skips the declared body and stops
+  parsing. Only a valid RFC 6455 §4.2.1 WebSocket handshake may upgrade; any other upgrade is answered 400
+  and CONNECT 405, and the connection closes, so the bytes after such a head are never read as anything.
+- Request lines (issue 8, item 16): HTTP/0.9 (no version, no headers, no framing) is 400; a major version
+  other than 1 is 505.
+- Chunked trailers (issue 8, item 13): llhttp reports trailer fields through the same callback as header
+  fields, and uvicorn appends them to the request's ASGI headers, after the gate may have read them. They
+  are dropped here; nothing forwards trailers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 from typing import Any
 
 import httptools
@@ -24,6 +34,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HEAD_SLACK = 64
 """Bytes of request line and framing beyond the target and header limits (method, version, CRLFs)."""
+
+
+ALLOW_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+"""What a 405 for CONNECT names in ``Allow`` (RFC 9110 §15.5.6: a 405 MUST carry one)."""
 
 
 class FragmentInTarget(Exception):
@@ -111,7 +125,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if b"#" in url:
             raise FragmentInTarget
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # After on_headers_complete uvicorn's cycle holds this message's scope: a field now is a chunked
+        # trailer, which would land in the ASGI headers the gate has already checked (issue 8, item 13).
+        if self.cycle is not None and self.cycle.scope is self.scope:
+            return
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        self._check_framing()
         self._head_started = None
         self._reading_head = False
         super().on_headers_complete()
@@ -125,6 +147,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_deadline is not None:
             self._body_deadline.cancel()
             self._body_deadline = None
+
+    def _check_framing(self) -> None:
+        """Refuse, before any app sees it, a head whose following bytes would not be HTTP framing."""
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            if version.startswith("0."):
+                raise Refused(400, "Bad Request")  # HTTP/0.9: no headers, no framing, no Host
+            raise Refused(505, "HTTP Version Not Supported")
+        if not self.parser.should_upgrade() or self._should_upgrade():
+            return
+        if self.parser.get_method() == b"CONNECT":
+            self._refuse(405, "Method Not Allowed", b"allow: " + ALLOW_METHODS + b"\r\n")
+            raise Refused(405, "Method Not Allowed")
+        raise Refused(400, "Bad Request")
+
+    def _should_upgrade(self) -> bool:
+        """uvicorn hands a request to the WebSocket protocol when this holds: only a valid handshake."""
+        return is_websocket_handshake(self.parser.get_method(), self.parser.get_http_version(), self.headers) and \
+            super()._should_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_started = None
@@ -180,8 +221,37 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(header_timeout: float, *, max_target_bytes: int, max_header_bytes: int, max_connections: int,
-                     body_timeout: float | None = None) -> type[GuardedHttpToolsProtocol]:
+def is_websocket_handshake(method: bytes, version: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """RFC 6455 §4.2.1: a GET over HTTP/1.1 with ``Upgrade: websocket``, ``upgrade`` among the Connection
+    options, one ``Sec-WebSocket-Key`` that is base64 of 16 bytes and ``Sec-WebSocket-Version: 13``; and no
+    body, since whatever follows the head is read as WebSocket frames. Names are lower-case (uvicorn)."""
+    if method != b"GET" or version != "1.1":
+        return False
+    upgrade: list[bytes] = []
+    keys: list[bytes] = []
+    versions: list[bytes] = []
+    connection = False
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade.append(value.strip().lower())
+        elif name == b"connection":
+            connection = connection or b"upgrade" in (t.strip().lower() for t in value.split(b","))
+        elif name == b"sec-websocket-key":
+            keys.append(value.strip())
+        elif name == b"sec-websocket-version":
+            versions.append(value.strip())
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+    if upgrade != [b"websocket"] or not connection or versions != [b"13"] or len(keys) != 1:
+        return False
+    try:
+        return len(binascii.a2b_base64(keys[0], strict_mode=True)) == 16
+    except binascii.Error:
+        return False
+
+
+def guarded_protocol(header_timeout: float, *, max_target_bytes: int = 8192, max_header_bytes: int = 16384,
+                     max_connections: int = 1024, body_timeout: float | None = None) -> type[GuardedHttpToolsProtocol]:
     """A protocol class with one listener's limits (uvicorn instantiates the class per connection)."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {
         "header_timeout": header_timeout,
