@@ -76,7 +76,7 @@ class ProxyApp:
     def configure(self, config: ScopegateConfig) -> None:
         """Build every per-configuration table (start-up and SIGHUP)."""
         self.cfg = config
-        self.guard = ParseGuard(config.proxy.limits, config.proxy.identity)
+        self.guard = ParseGuard(config.proxy.limits, config.proxy.identity, config.proxy.strip_headers)
         self.routes = RouteTable(config.routes)
         self.resources = ResourceMap(config)
         self.policies: dict[str, IssuerPolicy] = build_issuer_policies(config, self.keys)
@@ -330,9 +330,15 @@ class ProxyApp:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, head: RequestHead, path: str,
                        verified: VerifiedToken | None, decision: Decision, body: RequestBody | None = None) -> None:
-        if body is None:
-            body = self._body(receive, head)
-        headers = self.headers.upstream_headers(head, scope, verified)
+        if decision.reason == reasons.PREFLIGHT:
+            # Passed without a token, so it carries nothing the client chose beyond the CORS request headers: no
+            # body (a preflight has none; an unread one is framed away by the server) and no credentials.
+            body = None
+            headers = self.headers.preflight_headers(head, scope)
+        else:
+            if body is None:
+                body = self._body(receive, head)
+            headers = self.headers.upstream_headers(head, scope, verified)
         query = head.query.decode("latin-1")
         target = path + ("?" + query if query else "")
         started = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,7 @@ from authz.errors import GateError
 from config.schema import ScopegateConfig
 from proxy import reasons
 from proxy.decision import Decision
-from proxy.guard import RequestHead, is_protected, protected_names
+from proxy.guard import RequestHead, is_plain_name, is_protected, protected_names
 from proxy.validate import VerifiedToken
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -36,6 +37,9 @@ HOP_BY_HOP = frozenset({
 """RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host)."""
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
                             b"transfer-encoding", b"upgrade"})
+PREFLIGHT_HEADERS = frozenset({b"origin", b"access-control-request-method", b"access-control-request-headers",
+                               b"access-control-request-private-network"})
+"""What a CORS preflight forwards of the client's headers (the last one: Private Network Access preflights)."""
 _SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
 
 
@@ -106,7 +110,7 @@ class HeaderPlan:
 
     def __init__(self, cfg: ScopegateConfig) -> None:
         identity = cfg.proxy.identity
-        self.protected = protected_names(identity)
+        self.protected = protected_names(identity, cfg.proxy.strip_headers)
         self.subject = identity.subject_header
         self.client_id = identity.client_id_header
         self.scopes = identity.scopes_header
@@ -116,9 +120,10 @@ class HeaderPlan:
         """Raw header name → the name to forward it under, or None when it is never forwarded."""
 
     def _classify(self, raw_name: bytes) -> str | None:
-        """Steps (1) and (2) for one name: None when hop-by-hop, ``_``-spelled, protected or a withheld token."""
+        """Steps (1) and (2) for one name: None when hop-by-hop, spelled with '_', '.' or other punctuation,
+        protected or a withheld token."""
         name = raw_name.decode("latin-1")
-        if name in HOP_BY_HOP or "_" in name or is_protected(name, self.protected):
+        if name in HOP_BY_HOP or not is_plain_name(raw_name) or is_protected(name, self.protected):
             kept: str | None = None
         elif name == "authorization" and not self.forward_authorization:
             kept = None
@@ -157,6 +162,13 @@ class HeaderPlan:
             out.append((self.scopes, token.scope_header))
             out.append((self.auth_server, token.as_id))
         return out
+
+
+    def preflight_headers(self, head: RequestHead, scope: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """A token-less CORS preflight's headers: Origin and the Access-Control-Request-* ones (all the upstream
+        needs to answer it, Fetch standard §3.2.2), then the proxy's own X-Forwarded-*; no body framing."""
+        cors = [(name, value) for name, value in head.headers if name in PREFLIGHT_HEADERS]
+        return self.upstream_headers(replace(head, headers=cors, content_length=None, chunked=False), scope, None)
 
 
 def response_headers(raw: Any) -> list[tuple[bytes, bytes]]:

@@ -8,8 +8,9 @@ request as the app sees it, so the decision does not depend on which parser ran:
   ``Content-Length``, a ``Transfer-Encoding`` other than one ``chunked`` → 400 and the connection closed
   (RFC 9112 §6.1: a server that processes such a message "MUST close the connection after responding");
 - NUL, CR or LF in a header value (obs-fold included: RFC 9112 §5.2 lets a server reject it) → 400;
-- ``_`` in the name of an identity or forwarding header (CGI-style backends fold ``_`` into ``-``) → 400;
-  other underscore names are dropped before forwarding, as nginx does by default;
+- ``_``, ``.`` or other punctuation in the name of an identity, forwarding or ``proxy.stripHeaders`` header
+  (CGI-style backends fold ``_`` into ``-``, Apache any non-alphanumeric) → 400; other such names are dropped
+  before forwarding, as nginx does by default;
 - a repeated ``Host`` (a decision input: security.md §3.3 "Reject duplicates of any header used for a
   decision") → 400;
 - a fragment in the target → 400; an absolute-form target (RFC 9112 §3.2.2: "a server MUST accept the
@@ -32,18 +33,54 @@ from proxy import reasons
 
 _METHOD = re.compile(r"[A-Z]{1,20}")
 _FORWARDING = frozenset({
+    # Forwarding and rewrite headers (security.md §3.3): the proxy sets its own X-Forwarded-*.
     "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix",
-    "x-forwarded-uri", "forwarded", "x-real-ip", "x-original-url", "x-rewrite-url", "x-http-method-override",
-    "x-original-uri", "x-original-method", "x-client-ip",
+    "x-forwarded-uri", "forwarded", "x-real-ip", "x-original-url", "x-rewrite-url", "x-original-uri",
+    "x-original-method", "x-host", "x-original-host",
+    # Method overrides (Rails, Symfony, ASP.NET, Express method-override): an upstream honouring one would run
+    # a method the gate never authorized, under scopes chosen for another.
+    "x-http-method-override", "x-http-method", "x-method-override",
+    # Client addresses as CDNs and load balancers set them (Akamai, Cloudflare, Rackspace, Fastly, ...).
+    "x-client-ip", "true-client-ip", "cf-connecting-ip", "x-cluster-client-ip", "client-ip", "fastly-client-ip",
+    "x-originating-ip", "x-remote-ip", "x-remote-addr",
+    # Identities other authenticating proxies hand their upstream: trusted there, client input here.
+    "remote-user", "x-remote-user", "x-user", "x-credential-identifier",
 })
-_PROTECTED_PREFIXES = ("x-scopegate-", "x-envoy-", "x-forwarded-")
+_PROTECTED_PREFIXES = (
+    "x-scopegate-", "x-envoy-", "x-forwarded-",
+    "x-user-", "x-auth-",                        # security.md §3.3 "X-User*, X-Auth-*" (oauth2-proxy X-Auth-Request-*)
+    "x-authenticated-", "x-consumer-",           # Kong
+    "x-ms-client-principal",                     # Azure App Service authentication
+    "x-goog-authenticated-user-", "x-goog-iap-",  # Google IAP
+    "x-amzn-oidc-",                              # AWS ALB
+    "cf-access-",                                # Cloudflare Access
+    "x-webauth-",                                # Grafana's auth proxy default
+    "x-pomerium-",                               # Pomerium
+)
+
+_FOLD = bytes(c + 32 if 0x41 <= c <= 0x5A else c if (0x30 <= c <= 0x39 or 0x61 <= c <= 0x7A or c == 0x2D) else 0x2D
+              for c in range(256))
+"""Header-name folding as backends do it: lower case, and every byte other than a letter, digit or '-' as '-'
+(CGI turns '-' into '_', so '_' reads as '-'; Apache's CGI environment maps any non-alphanumeric to '_')."""
+_PLAIN_NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
 
 
-def protected_names(identity: Identity) -> frozenset[str]:
-    """Header names (lower-case, ``-`` spelling) a client may never send to the upstream."""
+def fold_name(name: bytes) -> str:
+    """The name a folding backend reads: ``X.Scopegate_Subject`` → ``x-scopegate-subject``."""
+    return name.translate(_FOLD).decode("latin-1")
+
+
+def is_plain_name(name: bytes) -> bool:
+    """Letters, digits and '-' only: the names the proxy forwards (nginx's default ``ignore_invalid_headers``)."""
+    return not name.translate(None, _PLAIN_NAME_BYTES)
+
+
+def protected_names(identity: Identity, strip_headers: Iterable[str] = ()) -> frozenset[str]:
+    """Header names (lower-case, ``-`` spelling) a client may never send to the upstream: the built-in list, the
+    identity headers and ``proxy.stripHeaders``."""
     configured = {identity.subject_header, identity.client_id_header, identity.scopes_header,
-                  identity.auth_server_header}
-    return _FORWARDING | {name.lower().replace("_", "-") for name in configured}
+                  identity.auth_server_header, *strip_headers}
+    return _FORWARDING | {fold_name(name.encode("latin-1")) for name in configured}
 
 
 def is_protected(canonical: str, names: frozenset[str]) -> bool:
@@ -68,9 +105,9 @@ class RequestHead:
 
 
 class ParseGuard:
-    def __init__(self, limits: Limits, identity: Identity) -> None:
+    def __init__(self, limits: Limits, identity: Identity, strip_headers: Iterable[str] = ()) -> None:
         self.limits = limits
-        self.protected = protected_names(identity)
+        self.protected = protected_names(identity, strip_headers)
 
     def check(self, scope: Mapping[str, Any]) -> RequestHead:
         limits = self.limits
@@ -118,10 +155,9 @@ class ParseGuard:
                 origin = True
             elif name == b"access-control-request-method":
                 acrm = True
-            elif b"_" in name:
-                canonical = name.decode("latin-1").lower().replace("_", "-")
-                if is_protected(canonical, self.protected):
-                    raise GateError(400, reasons.BAD_HEADER, "Identity and forwarding headers cannot be spelled with '_'.")
+            elif not is_plain_name(name) and is_protected(fold_name(name), self.protected):
+                raise GateError(400, reasons.BAD_HEADER,
+                                "Identity and forwarding headers cannot be spelled with '_', '.' or other punctuation.")
         if total > limits.max_header_bytes:
             raise GateError(431, reasons.HEADERS_TOO_LARGE, "The request headers are too large.", close=True)
         if hosts > 1:

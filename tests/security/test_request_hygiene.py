@@ -4,9 +4,23 @@ items are in ``test_wire.py``-style tests below, over a real uvicorn (``wire``).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+
 import pytest
 
-from tests.security.attack_bench import Gate
+from tests.security.attack_bench import Gate, RawClient, gate_config, request_bytes, valid_token
+
+FORWARDED_BY_THE_PROXY = {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+
+def closing(method: str, target: str, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> bytes:
+    """A request that asks the server to close after answering, so the raw client need not wait to see it."""
+    return request_bytes(method, target, [*headers, ("Connection", "close")], body)
+
+
+def names_seen(gate: Gate) -> set[str]:
+    return {k.lower() for req in gate.upstream.requests for k, _ in req.headers}
 
 # ---------------------------------------------------------------------------------------------- item 8
 
@@ -34,3 +48,114 @@ async def test_path_double_encoding_control_a_lone_encoded_percent_passes(gate: 
     status, _, _ = await gate.asgi("GET", b"/health/100%25-sure", [])
     assert status == 200
     assert gate.upstream.requests[-1].raw_path == "/health/100%25-sure"
+
+
+# ---------------------------------------------------------------------------------------------- item 9
+
+
+@pytest.mark.parametrize("name", ["X-HTTP-Method", "X-Method-Override", "X-HTTP-Method-Override", "x-http-method",
+                                  "X-METHOD-OVERRIDE"])
+async def test_method_override_headers_never_reach_the_upstream(wire: RawClient, gate: Gate, name: str) -> None:
+    """Frameworks that honour X-HTTP-Method / X-Method-Override would run a DELETE the gate authorized as a GET
+    (the route's scopes are chosen by the method the gate saw): all three names are stripped in any case."""
+    response = await wire.exchange(closing("GET", "/orders", [("Authorization", f"Bearer {valid_token()}"),
+                                                                   (name, "DELETE")]))
+    assert response.status == 200
+    (req,) = gate.upstream.requests
+    assert req.method == "GET"
+    assert not req.header(name)
+    assert "DELETE" not in [v for _, v in req.headers]
+
+
+@pytest.mark.parametrize("name", ["X_HTTP_Method", "X_Method_Override", "X.HTTP.Method.Override", "X-HTTP.Method"])
+async def test_method_override_headers_spelled_with_underscores_or_dots_rejected(wire: RawClient, gate: Gate,
+                                                                                 name: str) -> None:
+    """A CGI-style backend folds '_' (Apache: any non-alphanumeric) into '-': such a spelling is refused (400)."""
+    response = await wire.exchange(closing("GET", "/public", [(name, "DELETE")]))
+    assert response.status == 400
+    assert gate.upstream.started == 0
+
+
+async def test_cors_preflight_forwarded_without_body_and_with_only_cors_headers(wire: RawClient, gate: Gate) -> None:
+    """A token-less CORS preflight reaches the upstream as OPTIONS with Origin and the Access-Control-Request-*
+    headers only (plus the proxy's Host and X-Forwarded-*): no body, no credentials, cookies or other headers
+    the client chose. The unread body is framed away by its Content-Length: the next request on the same
+    connection is parsed where it starts."""
+    body = b"DELETE /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    preflight = request_bytes("OPTIONS", "/orders/7", [
+        ("Origin", "https://app.example"), ("Access-Control-Request-Method", "DELETE"),
+        ("Access-Control-Request-Headers", "authorization, content-type"),
+        ("Authorization", "Bearer junk"), ("Cookie", "session=s3cret"), ("X-Api-Key", "k"),
+        ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+    ], body)
+    response = await wire.exchange(preflight + closing("GET", "/public/next"))
+    assert response.status == 200
+    for _ in range(100):
+        if len(gate.upstream.requests) == 2:
+            break
+        await asyncio.sleep(0.01)
+    first, second = gate.upstream.requests
+    assert first.method == "OPTIONS" and first.raw_path == "/orders/7"
+    assert first.body == b""
+    assert first.header("Origin") == ["https://app.example"]
+    assert first.header("Access-Control-Request-Method") == ["DELETE"]
+    assert first.header("Access-Control-Request-Headers") == ["authorization, content-type"]
+    names = {k.lower() for k, _ in first.headers}
+    assert names - FORWARDED_BY_THE_PROXY - {"origin", "access-control-request-method",
+                                             "access-control-request-headers"} == set(), names
+    assert (second.method, second.raw_path) == ("GET", "/public/next")
+
+
+# ---------------------------------------------------------------------------------------------- item 12
+
+OTHER_GATEWAYS = [
+    "Remote-User", "X-Remote-User", "X-Auth-Request-User", "X-Auth-Request-Email", "True-Client-IP",
+    "CF-Connecting-IP", "X-Cluster-Client-IP", "Client-IP", "X-Host", "X-Original-Host",
+    "X-Auth-Request-Groups", "X-User", "X-User-Id", "X-Authenticated-Userid", "X-Consumer-Username",
+    "X-MS-Client-Principal-Name", "X-Goog-Authenticated-User-Email", "X-Amzn-Oidc-Identity",
+    "Cf-Access-Authenticated-User-Email", "X-WebAuth-User", "X-Pomerium-Claim-Email",
+]
+
+
+@pytest.mark.parametrize("name", OTHER_GATEWAYS)
+async def test_spoofed_identity_headers_of_other_gateways_never_reach_the_upstream(wire: RawClient, gate: Gate,
+                                                                                   name: str) -> None:
+    """Headers that other authenticating proxies (oauth2-proxy, Kong, Cloudflare, IAP, ALB, Easy Auth...) set
+    for their upstream are client input here: an upstream that also sits behind one of them trusts them."""
+    response = await wire.exchange(closing("GET", "/public", [(name, "admin"), (name, "10.0.0.1")]))
+    assert response.status == 200
+    assert name.lower() not in names_seen(gate)
+    assert not {"admin", "10.0.0.1"} & {v for req in gate.upstream.requests for _, v in req.headers}
+
+
+@pytest.mark.parametrize("name", ["X.Scopegate.Subject", "X.Forwarded.For", "Remote.User", "X_Remote_User",
+                                  "True_Client_IP", "X.Auth.Request.Email", "x-scopegate.subject"])
+async def test_spoofed_identity_headers_spelled_with_dots_or_underscores_rejected(wire: RawClient, gate: Gate,
+                                                                                  name: str) -> None:
+    """'.' and '_' fold to '-' in CGI-style and Apache backends: a name that folds to a stripped one is a 400."""
+    response = await wire.exchange(closing("GET", "/public", [(name, "admin")]))
+    assert response.status == 400
+    assert gate.upstream.started == 0
+
+
+async def test_spoofed_identity_headers_other_dotted_names_are_dropped(wire: RawClient, gate: Gate) -> None:
+    """Other names with '.' are not forwarded (as nginx's ignore_invalid_headers), like '_' names already."""
+    response = await wire.exchange(closing("GET", "/public", [("X.Tenant", "t1"), ("X-Kept", "yes")]))
+    assert response.status == 200
+    assert gate.upstream.requests[0].header("X-Kept") == ["yes"]
+    assert "x.tenant" not in names_seen(gate)
+
+
+async def test_spoofed_identity_headers_configured_strip_list(wire: RawClient, gate: Gate) -> None:
+    """``proxy.stripHeaders`` names the headers the user's upstream trusts: stripped in any case, duplicated or
+    not, and refused when spelled with '_' or '.'."""
+    gate.app.configure(gate_config(gate.upstream.url, stripHeaders=["X-Tenant", "X-Internal-Role"]))
+    response = await wire.exchange(closing("GET", "/public", [("X-Tenant", "other"), ("x-internal-role", "admin"),
+                                                                    ("X-INTERNAL-ROLE", "root"), ("X-Kept", "yes")]))
+    assert response.status == 200
+    assert {"x-tenant", "x-internal-role"} & names_seen(gate) == set()
+    assert gate.upstream.requests[0].header("X-Kept") == ["yes"]
+    for spelling in ("X_Tenant", "X.Internal.Role"):
+        refused = await wire.exchange(closing("GET", "/public", [(spelling, "admin")]))
+        assert refused.status == 400, spelling
+    assert len(gate.upstream.requests) == 1

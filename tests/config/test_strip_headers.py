@@ -1,0 +1,22 @@
+"""``proxy.stripHeaders``: header names the user's upstream trusts, validated at load."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from config.schema import ProxySettings
+
+
+def test_spoofed_identity_headers_strip_list_accepts_header_names() -> None:
+    """Plain names (letters, digits, '-') are kept as given; the default is empty."""
+    assert ProxySettings().strip_headers == []
+    assert ProxySettings.model_validate({"stripHeaders": ["X-Tenant", "x-role-2"]}).strip_headers == ["X-Tenant", "x-role-2"]
+
+
+@pytest.mark.parametrize("name", ["", "X Tenant", "X_Tenant", "X.Tenant", "X-Tenant:", "-X", "X-Ténant", "a" * 129])
+def test_spoofed_identity_headers_strip_list_rejects_what_is_not_a_plain_header_name(name: str) -> None:
+    """A name with '_' or '.' would never match what the proxy strips (such spellings are refused), so it is a
+    configuration error, as is anything that is not a header name."""
+    with pytest.raises(ValidationError, match="stripHeaders"):
+        ProxySettings.model_validate({"stripHeaders": [name]})
