@@ -148,9 +148,9 @@ async def test_annotated_pod_gets_a_native_sidecar_and_nothing_else_changes() ->
 async def test_pod_without_the_annotation_is_allowed_unchanged() -> None:
     """No annotation, inject: "false" or a garbage value: allowed, no patch, never blocked."""
     hook = Webhook()
-    for annotations in (None, {}, {"scopegate.io/inject": "false"}, {"scopegate.io/inject": "yes please"},
+    for notes in (None, {}, {"scopegate.io/inject": "false"}, {"scopegate.io/inject": "yes please"},
                         {"scopegate.io/image": "x"}):
-        pod = app_pod(annotations)
+        pod = app_pod(notes)
         response = await hook.admit(admission_review(pod))
         assert response == {"uid": response["uid"], "allowed": True}
         assert patched(pod, response) == pod
