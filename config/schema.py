@@ -246,6 +246,10 @@ class Limits(Model):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     max_token_bytes: int = Field(default=8192, ge=512)
     read_timeout: Duration = 30.0
+    max_form_scan_bytes: int = Field(default=65536, ge=1024)
+    """A form body (``application/x-www-form-urlencoded``) sent with a bearer header is read whole, once the
+    token has passed, and searched for an ``access_token`` field (RFC 6750 §2: one method per request); a larger
+    form is refused with 413 rather than forwarded unsearched. Default 64 KiB."""
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")

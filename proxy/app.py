@@ -265,10 +265,8 @@ class ProxyApp:
                 raise GateError(403, reasons.NO_ROUTE, "No route allows this method and path.")
 
         body = self._body(receive, head)
-        other_method = self._token_in_query(head.query)
-        if head.form and head.authorization and body is not None:
-            other_method = other_method or self._token_in_form(await body.read_all())
-        token = extract_bearer(head.authorization, other_method=other_method, realm=resource.as_id)   # 5
+        token = extract_bearer(head.authorization, other_method=self._token_in_query(head.query),       # 5
+                               realm=resource.as_id)
         verified = await self._verify(token, resource.as_id, decision)                                 # 6, 7
         now = self.now()
         if self.revocation.is_stale(now):                                                               # 8
@@ -283,6 +281,9 @@ class ProxyApp:
         introspector = self.introspectors.get(resource.as_id)
         if introspector is not None:
             await introspector.validate_active(token, jti=str(verified.claims.get("jti", "")), exp=verified.exp)
+        if head.form and body is not None:
+            # Read only now: a request whose header token fails never makes the proxy wait for or hold its body.
+            body = await self._scanned_form(receive, head, resource.as_id)
         self._check_scopes(route, verified, resource.as_id)                                             # 9
         decision.allow(reasons.STALE_REVOCATION if stale else reasons.OK)
         return head, path, verified, body
@@ -322,11 +323,28 @@ class ProxyApp:
             return False
         return any(name == "access_token" for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True))
 
-    def _body(self, receive: Receive, head: RequestHead) -> RequestBody | None:
+    async def _scanned_form(self, receive: Receive, head: RequestHead, realm: str) -> RequestBody:
+        """The form body, read whole (up to ``maxFormScanBytes``) and free of an ``access_token`` field.
+
+        RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token in each request". Only a
+        whole form can be cleared of a second token, and nothing of it may reach the upstream before, so a form
+        over the cap is refused (413) instead of being streamed unsearched."""
+        cap = min(self.cfg.proxy.limits.max_form_scan_bytes, self.cfg.proxy.limits.max_body_bytes)
+        if head.content_length is not None and head.content_length > cap:
+            raise GateError(413, reasons.TOO_LARGE, "A form body sent with a bearer token is too large.", close=True)
+        body = self._body(receive, head, max_bytes=cap)
+        assert body is not None  # the caller saw a body
+        if self._token_in_form(await body.read_all()):
+            raise BearerError("invalid_request", "The access token was sent in more than one way.", realm=realm,
+                              reason=reasons.INVALID_REQUEST)
+        return body
+
+    def _body(self, receive: Receive, head: RequestHead, max_bytes: int | None = None) -> RequestBody | None:
         if not head.chunked and not head.content_length:
             return None
         limits = self.cfg.proxy.limits
-        return RequestBody(receive, max_bytes=limits.max_body_bytes, deadline=time.monotonic() + limits.read_timeout)
+        return RequestBody(receive, max_bytes=limits.max_body_bytes if max_bytes is None else max_bytes,
+                           deadline=time.monotonic() + limits.read_timeout)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, head: RequestHead, path: str,
                        verified: VerifiedToken | None, decision: Decision, body: RequestBody | None = None) -> None:

@@ -159,3 +159,71 @@ async def test_spoofed_identity_headers_configured_strip_list(wire: RawClient, g
         refused = await wire.exchange(closing("GET", "/public", [(spelling, "admin")]))
         assert refused.status == 400, spelling
     assert len(gate.upstream.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------------- item 15
+
+FORM = ("Content-Type", "application/x-www-form-urlencoded")
+
+
+async def test_form_body_before_token_junk_bearer_is_401_without_the_body(wire: RawClient, gate: Gate) -> None:
+    """A form request with a junk bearer is answered 401 from its head alone: the client never sends the body
+    (before the fix the proxy waited for the whole form to scan it, and answered 408 at readTimeout)."""
+    head = request_bytes("POST", "/orders", [FORM, ("Authorization", "Bearer junk.junk.junk"),
+                                             ("Content-Length", "4000")])
+    response = await wire.exchange(head, wait=0.4)   # readTimeout is 0.5 s: the answer must not wait for it
+    assert response.status == 401
+    assert gate.upstream.started == 0
+
+
+async def test_form_body_before_token_gate_reads_no_byte_of_it(gate: Gate) -> None:
+    """Measured in-process: with a junk bearer the gate never asks for the body (0 of 4 chunks read; before
+    the fix, all 4); with a valid one it reads the form to refuse an access_token field in it."""
+    for token, status, read in (("junk.junk.junk", 401, 0), (valid_token(scp=["orders:write"]), 200, 4)):
+        chunks = [b"a=1&b=", b"2" * 300, b"&c=", b"3"]
+        asked = 0
+
+        async def receive() -> dict[str, object]:
+            nonlocal asked
+            asked += 1
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/orders", "raw_path": b"/orders", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"api.example.com"), (b"content-type", b"application/x-www-form-urlencoded"),
+                             (b"authorization", f"Bearer {token}".encode()), (b"content-length", b"310")],
+                 "client": ("203.0.113.9", 40000), "server": ("127.0.0.1", 8080)}
+        await gate.app(scope, receive, send)  # type: ignore[arg-type]
+        assert sent[0]["status"] == status
+        assert asked == read
+    assert [len(r.body) for r in gate.upstream.requests] == [310]
+
+
+async def test_form_body_before_token_form_over_the_scan_cap_is_413(wire: RawClient, gate: Gate) -> None:
+    """A form with a valid bearer is buffered to be scanned only up to proxy.limits.maxFormScanBytes: a larger
+    one (declared or chunked) is 413 and closed, never streamed unscanned; one within the cap is forwarded whole."""
+    gate.app.configure(gate_config(gate.upstream.url, limits={"maxFormScanBytes": 1024}))
+    auth = ("Authorization", f"Bearer {valid_token(scp=['orders:write'])}")
+    body = b"a=" + b"x" * 2000
+    declared = await wire.exchange(request_bytes("POST", "/orders", [FORM, auth, ("Content-Length", str(len(body)))]),
+                                   wait=0.4)
+    assert declared.status == 413 and declared.closed
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    streamed = await wire.exchange(request_bytes("POST", "/orders", [FORM, auth, ("Transfer-Encoding", "chunked")],
+                                                 chunked))
+    assert streamed.status == 413 and streamed.closed
+    assert gate.upstream.started == 0
+    small = b"a=" + b"x" * 1000 + b"&access_tokenx=1"
+    ok = await wire.exchange(closing("POST", "/orders", [FORM, auth, ("Content-Length", str(len(small)))], small))
+    assert ok.status == 200
+    assert gate.upstream.requests[0].body == small
+    late = b"a=" + b"x" * 1000 + b"&access_token=1"
+    refused = await wire.exchange(closing("POST", "/orders", [FORM, auth, ("Content-Length", str(len(late)))], late))
+    assert refused.status == 400
+    assert len(gate.upstream.requests) == 1
