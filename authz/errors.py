@@ -121,13 +121,22 @@ class BearerError(ScopegateError):
 class GateError(ScopegateError):
     """A proxy denial that is not about the token (403 no_resource / no_route, 502, 503, 504, 4xx framing)."""
 
-    def __init__(self, status_code: int, reason: str, description: str, *, close: bool = False) -> None:
+    def __init__(self, status_code: int, reason: str, description: str, *, close: bool = False,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(description, reason=reason, status_code=status_code)
         self.close = close
         """Close the connection after answering (ambiguous framing must not leave a poisoned connection)."""
+        self.extra_headers = dict(headers or {})
+        """Headers the status requires (``Allow`` on a 405, RFC 9110 §15.5.6)."""
 
     def get_body(self) -> dict[str, Any]:
         return {"error": self.reason, "error_description": self.description}
+
+    def get_headers(self) -> dict[str, str]:
+        headers = super().get_headers()
+        if self.extra_headers:
+            headers.update(self.extra_headers)
+        return headers
 
 
 OKTA_ERROR_LINKS = "https://developer.okta.com/docs/reference/error-codes/#"

@@ -40,7 +40,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.paths import normalize_path
 from proxy.resources import ResourceMap
 from proxy.revocation import RevocationLike
-from proxy.routes import UNROUTED, Route, RouteTable
+from proxy.routes import EXPLICIT_ONLY, FORWARDED_METHODS, UNROUTED, Route, RouteTable
 from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken, build_issuer_policies
 from proxy.websocket import deny as deny_websocket
 from proxy.websocket import open_upstream, relay, subprotocols
@@ -247,6 +247,9 @@ class ProxyApp:
         decision.path = path
         resource = self.resources.resolve(path, head.host)              # 3
         route = self.routes.match(head.method, path)                    # 4
+        if route is None and head.method in EXPLICIT_ONLY:
+            raise GateError(405, reasons.METHOD_NOT_ALLOWED, f"No route allows {head.method} here.",
+                            headers={"Allow": FORWARDED_METHODS})
         if route is not None:
             decision.route = route.name
             if route.public:
@@ -344,7 +347,7 @@ class ProxyApp:
             return None
         limits = self.cfg.proxy.limits
         return RequestBody(receive, max_bytes=limits.max_body_bytes if max_bytes is None else max_bytes,
-                           deadline=time.monotonic() + limits.read_timeout)
+                           deadline=time.monotonic() + limits.read_timeout, length=head.content_length)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, head: RequestHead, path: str,
                        verified: VerifiedToken | None, decision: Decision, body: RequestBody | None = None) -> None:

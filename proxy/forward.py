@@ -36,7 +36,9 @@ HOP_BY_HOP = frozenset({
 })
 """RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host)."""
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
-                            b"transfer-encoding", b"upgrade"})
+                            b"transfer-encoding", b"upgrade", b"date"})
+"""Hop-by-hop response headers, and ``Date``: the server adds its own to every response, and a response
+carries one Date (RFC 9110 §6.6.1; issue 8 item 16)."""
 PREFLIGHT_HEADERS = frozenset({b"origin", b"access-control-request-method", b"access-control-request-headers",
                                b"access-control-request-private-network"})
 """What a CORS preflight forwards of the client's headers (the last one: Private Network Access preflights)."""
@@ -50,9 +52,11 @@ class ClientGone(Exception):
 class RequestBody:
     """The client's body as an async iterator, bounded in size and time; optionally read whole first."""
 
-    def __init__(self, receive: Receive, *, max_bytes: int, deadline: float) -> None:
+    def __init__(self, receive: Receive, *, max_bytes: int, deadline: float, length: int | None = None) -> None:
         self._receive = receive
         self._max = max_bytes
+        self._length = length
+        """The declared Content-Length, forwarded as is: the body must be exactly that long."""
         self._deadline = deadline
         self._seen = 0
         self._buffered: bytes | None = None
@@ -81,6 +85,11 @@ class RequestBody:
         self._seen += len(chunk)
         if self._seen > self._max:
             raise GateError(413, reasons.TOO_LARGE, "The request body is too large.", close=True)
+        if self._length is not None and (self._seen > self._length or (not self._more and self._seen < self._length)):
+            # The upstream was told Content-Length; fewer bytes would let it read the next request on the
+            # connection as the rest of this body (issue 8 item 1). Raising here aborts the upstream request,
+            # and aiohttp closes a connection whose body failed instead of pooling it.
+            raise GateError(400, reasons.BAD_FRAMING, "The request body does not match its Content-Length.", close=True)
         return chunk
 
     async def read_all(self) -> bytes:

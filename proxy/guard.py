@@ -16,12 +16,20 @@ request as the app sees it, so the decision does not depend on which parser ran:
 - a fragment in the target → 400; an absolute-form target (RFC 9112 §3.2.2: "a server MUST accept the
   absolute-form") is reduced to its path, and its authority chooses nothing;
 - a method that is not an upper-case token → 400 (security.md §3.1: lowercase methods);
+- CONNECT → 405 and the connection closed: the proxy never tunnels (issue 8 items 1, 16);
+- an ``Upgrade`` header on an HTTP request → 400 and the connection closed (issue 8 item 1): a valid
+  WebSocket handshake arrives as a ``websocket`` scope, so this is an upgrade the server did not take, whose
+  body httptools skips; ``proxy/protocol.py`` refuses those before the app already, this is the backstop;
+- HTTP/0.9, and HTTP/1.1 without ``Host`` → 400 (RFC 9112 §3.2: "A server MUST respond with a 400 (Bad
+  Request) status code to any HTTP/1.1 request message that lacks a Host header field"); a ``Host`` that is
+  not ``host[:port]`` (RFC 3986 §3.2.2-3.2.3) → 400, since it becomes ``X-Forwarded-Host``;
 - too many or too large headers → 431, a target over the limit → 414, a declared body over the limit →
   413 and the connection closed (security.md §3.6), all before any token work.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,8 +38,15 @@ from typing import Any
 from authz.errors import GateError
 from config.schema import Identity, Limits
 from proxy import reasons
+from proxy.routes import FORWARDED_METHODS
 
 _METHOD = re.compile(r"[A-Z]{1,20}")
+_REG_NAME_CHAR = r"[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2}"
+_HOST = re.compile(rf"(?:(?:{_REG_NAME_CHAR})+|\[(?P<literal>[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.(?:[A-Za-z0-9\-._~!$&'()*+;=:])+)\])"
+                   r"(?::[0-9]{1,5})?")
+"""RFC 3986 §3.2.2-3.2.3 ``host [ ":" port ]``: a reg-name (an IPv4 address is one too) or an IP-literal, and
+a non-empty port. The sub-delim ``,`` is left out: it separates the values of ``X-Forwarded-Host``, where
+this Host ends up, and no DNS name holds one."""
 _FORWARDING = frozenset({
     # Forwarding and rewrite headers (security.md §3.3): the proxy sets its own X-Forwarded-*.
     "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix",
@@ -114,6 +129,9 @@ class ParseGuard:
         method: str = scope["method"]
         if not _METHOD.fullmatch(method):
             raise GateError(400, reasons.BAD_METHOD, "The request method must be an upper-case token.")
+        if method == "CONNECT":
+            raise GateError(405, reasons.METHOD_NOT_ALLOWED, "CONNECT is not supported.", close=True,
+                            headers={"Allow": FORWARDED_METHODS})
         # ASGI's raw_path excludes the query, but some servers and test transports include it.
         raw_path: bytes = (scope.get("raw_path") or scope["path"].encode("utf-8")).partition(b"?")[0]
         query: bytes = scope.get("query_string", b"")
@@ -136,6 +154,7 @@ class ParseGuard:
         form = False
         origin = False
         acrm = False
+        upgrade = False
         for name, value in headers:
             total += len(name) + len(value) + 4
             if b"\x00" in value or b"\r" in value or b"\n" in value:
@@ -155,6 +174,8 @@ class ParseGuard:
                 origin = True
             elif name == b"access-control-request-method":
                 acrm = True
+            elif name == b"upgrade":
+                upgrade = True
             elif not is_plain_name(name) and is_protected(fold_name(name), self.protected):
                 raise GateError(400, reasons.BAD_HEADER,
                                 "Identity and forwarding headers cannot be spelled with '_', '.' or other punctuation.")
@@ -162,6 +183,7 @@ class ParseGuard:
             raise GateError(431, reasons.HEADERS_TOO_LARGE, "The request headers are too large.", close=True)
         if hosts > 1:
             raise GateError(400, reasons.BAD_HEADER, "The request carries more than one Host header.", close=True)
+        _check_protocol(scope, host, upgrade)
 
         content_length = _content_length(content_lengths)
         chunked = False
@@ -176,6 +198,34 @@ class ParseGuard:
             raise GateError(413, reasons.TOO_LARGE, "The request body is too large.", close=True)
         return RequestHead(method, raw_path, query, host, authorization, content_length, chunked, form,
                            method == "OPTIONS" and origin and acrm, headers)
+
+
+def _check_protocol(scope: Mapping[str, Any], host: str | None, upgrade: bool) -> None:
+    """Upgrade on an HTTP request, HTTP/0.9, a missing or malformed Host (see the module docstring)."""
+    if upgrade and scope.get("type") == "http":
+        raise GateError(400, reasons.BAD_FRAMING, "Only a WebSocket handshake may carry Upgrade.", close=True)
+    version = scope.get("http_version", "1.1")
+    if version == "0.9":
+        raise GateError(400, reasons.BAD_FRAMING, "HTTP/0.9 is not supported.", close=True)
+    if host is None:
+        if version != "1.0":
+            raise GateError(400, reasons.BAD_HEADER, "An HTTP/1.1 request must carry Host.", close=True)
+    elif not is_valid_host(host):
+        raise GateError(400, reasons.BAD_HEADER, "The Host header is not a host[:port].", close=True)
+
+
+def is_valid_host(value: str) -> bool:
+    """``host[:port]`` per RFC 3986 (reg-name without ``,``, IPv4, or a bracketed IPv6/IPvFuture literal)."""
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    literal = match["literal"]
+    if literal is not None and literal[0] not in "vV":
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+    return True
 
 
 def _content_length(values: Iterable[bytes]) -> int | None:

@@ -32,12 +32,10 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from proxy.routes import FORWARDED_METHODS
+
 _HEAD_SLACK = 64
 """Bytes of request line and framing beyond the target and header limits (method, version, CRLFs)."""
-
-
-ALLOW_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-"""What a 405 for CONNECT names in ``Allow`` (RFC 9110 §15.5.6: a 405 MUST carry one)."""
 
 
 class FragmentInTarget(Exception):
@@ -158,7 +156,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.parser.should_upgrade() or self._should_upgrade():
             return
         if self.parser.get_method() == b"CONNECT":
-            self._refuse(405, "Method Not Allowed", b"allow: " + ALLOW_METHODS + b"\r\n")
+            self._refuse(405, "Method Not Allowed", b"allow: %s\r\n" % FORWARDED_METHODS.encode())
             raise Refused(405, "Method Not Allowed")
         raise Refused(400, "Bad Request")
 

@@ -2,6 +2,10 @@
 
 First match wins, by segment-aligned path prefix and method (DESIGN §2.4). A public route takes no token;
 otherwise the route names the scopes it needs. The table is built once per configuration.
+
+TRACE is matched only by a route that lists it in ``methods`` (issue 8 item 16): an upstream that echoes a
+TRACE reflects the request's headers, the gate's identity headers included (cross-site tracing), so a route
+that leaves ``methods`` out ("every method") does not mean that one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class Route:
         return path == self.path or path.startswith(self.prefix)
 
 
+FORWARDED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+"""The ``Allow`` of a 405 for CONNECT or an unrouted TRACE (RFC 9110 §15.5.6: a 405 MUST carry one)."""
+EXPLICIT_ONLY = frozenset({"TRACE", "CONNECT"})
+"""Methods only a route that names them matches (CONNECT is refused before routing anyway)."""
 UNROUTED = "unrouted"
 """The route label of a request that matched no route (metrics, decision log)."""
 NONE = "none"
@@ -48,9 +56,10 @@ class RouteTable:
             for r in routes
         )
         self.names = tuple(r.name for r in self.routes)
+        self._explicit = tuple(r for r in self.routes if r.methods is not None)
 
     def match(self, method: str, path: str) -> Route | None:
-        for route in self.routes:
+        for route in self._explicit if method in EXPLICIT_ONLY else self.routes:
             if route.matches(method, path):
                 return route
         return None

@@ -6,6 +6,7 @@ OpenAPI schema of every Kubernetes version we claim, 1.29 (native sidecars) thro
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import kubernetes_validate.utils
 import yaml
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
@@ -20,6 +22,9 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[2]
 OLDEST = "1.29"
 """Native sidecars (an init container with restartPolicy: Always) are on by default from 1.29."""
+# The library re-reads a version's 1.8 MB definitions file on every call; the same validation, read once.
+kubernetes_validate.utils.schema_contents = functools.cache(kubernetes_validate.utils.schema_contents)  # type: ignore[assignment]
+
 VERSIONS = sorted({".".join(v.split(".")[:2]) for v in all_versions() if Version(v) >= Version(OLDEST)}, key=Version)
 
 

@@ -88,40 +88,53 @@ def _wait_ready(gate: RunningScopegate, deadline: float) -> None:
     raise RuntimeError(f"scopegate not ready: {last}\n{gate.output()[-4000:]}")
 
 
+def launch(tmp_path: Path, config: dict[str, Any] | str | None = None, env: dict[str, str] | None = None,
+           name: str = "scopegate", wait: bool = True, keep_store: Path | None = None) -> RunningScopegate:
+    """Start ``scopegate run`` with ``config`` (free ports, a fresh SQLite store in ``tmp_path``); the caller stops it."""
+    doc: dict[str, Any] = yaml.safe_load(config) if isinstance(config, str) else dict(config or {})
+    ports = {k: free_port() for k in ("proxy", "core", "ops")}
+    listen = dict(doc.get("listen") or {})
+    for key, port in ports.items():
+        if listen.get(key) != "off":
+            listen.setdefault(key, f"127.0.0.1:{port}")
+    doc["listen"] = listen
+    scheme = "https" if listen.get("tls") else "http"
+    doc.setdefault("issuer", f"{scheme}://{listen['core']}")
+    doc.setdefault("store", f"sqlite:///{keep_store or (tmp_path / f'{name}.db')}")
+    doc.setdefault("adminTokens", [ADMIN_TOKEN])
+    doc.setdefault("revocation", {"maxStaleness": "5s", "pollInterval": "100ms"})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    log_path = tmp_path / f"{name}.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [*scopegate_command(), "run", "--config", str(path)],
+        stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+    )
+
+    def url(key: str) -> str:
+        tls = listen.get("tls") and key in (listen.get("tlsListeners") or ["core"])
+        return f"{'https' if tls else 'http'}://{listen[key]}"
+
+    gate = RunningScopegate(proc, path, url("proxy"), url("core") if listen["core"] != "off" else "", url("ops"),
+                            log_path, doc, log_file=log)
+    if wait:
+        try:
+            _wait_ready(gate, time.monotonic() + 60)
+        except BaseException:
+            gate.stop()
+            raise
+    return gate
+
+
 @pytest.fixture
 def scopegate(tmp_path: Path) -> Iterator[Callable[..., RunningScopegate]]:
     started: list[RunningScopegate] = []
 
     def start(config: dict[str, Any] | str | None = None, env: dict[str, str] | None = None,
               name: str = "scopegate", wait: bool = True, keep_store: Path | None = None) -> RunningScopegate:
-        doc: dict[str, Any] = yaml.safe_load(config) if isinstance(config, str) else dict(config or {})
-        ports = {k: free_port() for k in ("proxy", "core", "ops")}
-        listen = dict(doc.get("listen") or {})
-        for key, port in ports.items():
-            if listen.get(key) != "off":
-                listen.setdefault(key, f"127.0.0.1:{port}")
-        doc["listen"] = listen
-        scheme = "https" if listen.get("tls") else "http"
-        doc.setdefault("issuer", f"{scheme}://{listen['core']}")
-        doc.setdefault("store", f"sqlite:///{keep_store or (tmp_path / f'{name}.db')}")
-        doc.setdefault("adminTokens", [ADMIN_TOKEN])
-        doc.setdefault("revocation", {"maxStaleness": "5s", "pollInterval": "100ms"})
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        log_path = tmp_path / f"{name}.log"
-        log = log_path.open("w")
-        proc = subprocess.Popen(
-            [*scopegate_command(), "run", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-            env={**os.environ, **(env or {})},
-        )
-
-        def url(key: str) -> str:
-            tls = listen.get("tls") and key in (listen.get("tlsListeners") or ["core"])
-            return f"{'https' if tls else 'http'}://{listen[key]}"
-
-        gate = RunningScopegate(proc, path, url("proxy"), url("core") if listen["core"] != "off" else "", url("ops"),
-                                log_path, doc, log_file=log)
+        gate = launch(tmp_path, config, env, name, wait=False, keep_store=keep_store)
         started.append(gate)
         if wait:
             _wait_ready(gate, time.monotonic() + 60)
