@@ -15,12 +15,21 @@ from dataclasses import replace
 from authz.clientauth import AuthenticatedClient
 from authz.context import CoreContext
 from authz.errors import OAuthError
-from authz.model import User, find_user_by_login, get_user, is_assigned
+from authz.model import User, find_user_by_login, is_assigned
 from authz.oauth.audit import Audit, RecordedOAuthError
-from authz.oauth.issue import Grant, mint, revoke_jtis, revoke_refresh_chain, wants_refresh
+from authz.oauth.issue import (
+    CurrentState,
+    Grant,
+    current_principal,
+    mint,
+    pause,
+    revoke_jtis,
+    revoke_refresh_chain,
+    wants_refresh,
+)
 from authz.passwords import token_hash, verify_secret
 from authz.policy import Principal, evaluate, require_match, resolve_scopes, user_not_assigned
-from authz.store.base import AuthorizationCode
+from authz.store.base import AuthorizationCode, StoreTx
 from config.schema import AuthorizationServerConfig, RuleConfig
 
 INVALID_CODE = "The authorization code is invalid or has expired."
@@ -61,11 +70,17 @@ def decide(ctx: CoreContext, server: AuthorizationServerConfig, client: Authenti
 
 def client_credentials(ctx: CoreContext, server: AuthorizationServerConfig, client: AuthenticatedClient,
                        form: dict[str, str], audit: Audit) -> dict[str, object]:
-    """Spec §3.5: evaluated at /token with no user; an access token only."""
-    grant = decide(ctx, server, client, None, "client_credentials", form.get("scope"), audit)
+    """Spec §3.5: evaluated at /token with no user; an access token only.
+
+    Decided inside the minting transaction, on the server and client as they are then (issue 8 item 2).
+    """
     keys = ctx.store.list_signing_keys(server.id)
     now = ctx.now()
+    pause("client_credentials.before_mint")
     with ctx.store.transaction() as tx:
+        current = current_principal(ctx, tx, server.id, client, None, "client_credentials")
+        grant = decide(ctx, current.server, replace(client, app=current.app), None, "client_credentials",
+                       form.get("scope"), audit)
         minted = mint(ctx, tx, keys, grant, audit, now, new_refresh=False)
     return minted.body
 
@@ -83,10 +98,21 @@ def password(ctx: CoreContext, server: AuthorizationServerConfig, client: Authen
     if not user.is_active:
         # Spec §9 D5: a suspended (or otherwise inactive) user gets no new grant.
         raise OAuthError("invalid_grant", BAD_CREDENTIALS, reason="user_not_active")
-    grant = decide(ctx, server, client, user, "password", form.get("scope"), audit)
     keys = ctx.store.list_signing_keys(server.id)
     now = ctx.now()
+    pause("password.before_mint")
     with ctx.store.transaction() as tx:
+        # The password was checked (scrypt, tens of ms) outside the transaction; the user, the client and
+        # the policy are decided again inside it, so that a deactivation in that window is seen (issue 8).
+        current = current_principal(ctx, tx, server.id, client, user.id, "password")
+        fresh = current.user
+        if fresh is None or not fresh.is_active:
+            raise OAuthError("invalid_grant", BAD_CREDENTIALS, reason="user_not_active")
+        if fresh.secret_hash != user.secret_hash or fresh.login != user.login:
+            raise OAuthError("invalid_grant", BAD_CREDENTIALS, reason="invalid_credentials")
+        audit.user = fresh
+        grant = decide(ctx, current.server, replace(client, app=current.app), fresh, "password", form.get("scope"),
+                       audit)
         minted = mint(ctx, tx, keys, grant, audit, now)
     return minted.body
 
@@ -105,7 +131,9 @@ def authorization_code(ctx: CoreContext, server: AuthorizationServerConfig, clie
     now = ctx.now()
     error: OAuthError | None = None
     body: dict[str, object] = {}
+    pause("authorization_code.before_mint")
     with ctx.store.transaction() as tx:
+        tx.hold_objects()  # the user, client and server read below stay as read until commit (issue 8)
         # Consumed before it is checked, and committed even when the exchange fails: a code is good
         # for one attempt (RFC 6749 §4.1.2: "The client MUST NOT use the authorization code more than once").
         code = tx.consume_code(token_hash(value), now) if value else None
@@ -125,12 +153,9 @@ def authorization_code(ctx: CoreContext, server: AuthorizationServerConfig, clie
             error = _check_code(ctx, code, server, client, form, now)
             if error is None:
                 assert code is not None
-                user = get_user(ctx.store, code.user_id)
-                audit.user = user
-                if user is None or not user.is_active:
-                    error = OAuthError("invalid_grant", INVALID_CODE, reason="user_not_active")
-                else:
-                    grant = Grant(server=server, app=client.app, user=user, scopes=code.scopes,
+                current, error = _code_principal(ctx, tx, server, client, code, audit)
+                if current is not None and current.user is not None:
+                    grant = Grant(server=current.server, app=current.app, user=current.user, scopes=code.scopes,
                                   grant_type="authorization_code", access_lifetime=code.access_lifetime_seconds,
                                   refresh_lifetime=code.refresh_lifetime_seconds,
                                   refresh_window=code.refresh_window_seconds, policy_id=code.policy_id,
@@ -148,6 +173,23 @@ def authorization_code(ctx: CoreContext, server: AuthorizationServerConfig, clie
     if error is not None:
         raise error
     return body
+
+
+def _code_principal(ctx: CoreContext, tx: StoreTx, server: AuthorizationServerConfig, client: AuthenticatedClient,
+                    code: AuthorizationCode, audit: Audit) -> tuple[CurrentState | None, OAuthError | None]:
+    """The code's user and server as committed now (``current_principal``): a user deactivated or unassigned
+    since /authorize gets no tokens, since the watermark of that change only covers tokens minted before it."""
+    try:
+        current = current_principal(ctx, tx, server.id, client, code.user_id, "authorization_code")
+    except OAuthError as exc:
+        return None, exc
+    user = current.user
+    audit.user = user
+    if user is None or not user.is_active:
+        return None, OAuthError("invalid_grant", INVALID_CODE, reason="user_not_active")
+    if not is_assigned(current.app, user):
+        return None, OAuthError("invalid_grant", INVALID_CODE, reason="user_not_assigned")
+    return current, None
 
 
 def _check_code(ctx: CoreContext, code: AuthorizationCode | None, server: AuthorizationServerConfig,

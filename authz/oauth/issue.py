@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from authz.clientauth import AUTH_FAILED, UNKNOWN_CLIENT, AuthenticatedClient, invalid_client
 from authz.context import CoreContext
+from authz.errors import OAuthError
 from authz.jti import make_jti
 from authz.keys import active_signing_key
-from authz.model import App, User
+from authz.model import App, User, get_app, get_server, get_user
 from authz.oauth.audit import Audit, token_target
+from authz.oauth.common import protocol_server
 from authz.passwords import token_hash
+from authz.policy import format_list
 from authz.store.base import IssuedToken, RefreshToken, SigningKey, StoreTx
 from authz.tokens import (
     ACCESS_TOKEN_TYP,
@@ -26,6 +31,16 @@ from authz.tokens import (
 from config.schema import AuthorizationServerConfig
 
 WATERMARK_FREE = 0
+
+pause_hook: Callable[[str], None] | None = None
+"""Test-only: called with a point's name where a grant has done its checks and is about to write, so that a
+race test can commit a revocation exactly there (issue 8). Always None in production."""
+
+
+def pause(point: str) -> None:
+    hook = pause_hook
+    if hook is not None:
+        hook(point)
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,48 @@ class Minted:
     access_jti: str
     jtis: list[str] = field(default_factory=list)
     refresh: RefreshToken | None = None
+
+
+@dataclass(frozen=True)
+class CurrentState:
+    """The server, client and user of a grant as committed when its tokens are minted."""
+
+    server: AuthorizationServerConfig
+    app: App
+    user: User | None
+
+
+def unauthorized_client(app: App) -> OAuthError:
+    """Spec §9 D6: a known grant type the client is not configured for."""
+    return OAuthError("unauthorized_client", "The client is not authorized to use the provided grant type. "
+                      f"Configured grant types: {format_list(app.config.grant_types)}.", reason="unauthorized_client")
+
+
+def current_principal(ctx: CoreContext, tx: StoreTx, as_id: str, client: AuthenticatedClient,
+                      user_id: str | None, grant_type: str) -> CurrentState:
+    """Inside the minting transaction: re-read the server, the client and the user under ``hold_objects``.
+
+    A grant's checks ran on what it read earlier; a deactivation (or any change that writes a watermark)
+    committed since then has a watermark older than the tokens about to be minted, so it would not cover
+    them (issue 8 item 2). Under the lock the change either committed already, and is seen here, or waits
+    for this commit, and its watermark then covers these tokens. The client must still be ACTIVE, hold the
+    credentials it authenticated with and allow the grant type; the caller decides on the returned objects
+    (assignments, policies) and checks the user.
+    """
+    tx.hold_objects()
+    server = protocol_server(get_server(ctx.store, as_id))
+    app = get_app(ctx.store, client.client_id)
+    basic = client.method == "client_secret_basic"
+    if app is None or not app.is_active:
+        raise invalid_client(UNKNOWN_CLIENT, basic=basic, reason="client_not_active")
+    before, now = client.app.config, app.config
+    if (app.secret_hash != client.app.secret_hash or now.token_endpoint_auth_method != before.token_endpoint_auth_method
+            or now.jwks != before.jwks):
+        raise invalid_client(AUTH_FAILED, basic=basic, reason="client_credentials_changed")
+    if grant_type not in now.grant_types:
+        raise unauthorized_client(app)
+    user = get_user(ctx.store, user_id) if user_id is not None else None
+    return CurrentState(server, app, user)
 
 
 def wants_refresh(grant: Grant) -> bool:
@@ -145,7 +202,14 @@ def mint(ctx: CoreContext, tx: StoreTx, keys: list[SigningKey], grant: Grant, au
 
 
 def revoke_refresh_chain(ctx: CoreContext, tx: StoreTx, chain_id: str, now: float) -> list[str]:
-    """Revoke every refresh token of a chain and every token minted from any of them (spec §2.8, §3.6)."""
+    """Revoke every refresh token of a chain and every token minted from any of them (spec §2.8, §3.6).
+
+    Read under the chain's lock (``StoreTx.lock_refresh_chain``): a refresh of this chain either committed
+    before, and its new tokens are revoked here, or runs after and finds the chain REVOKED (issue 8 item 3).
+    The objects are held first, in the order every grant takes these locks.
+    """
+    tx.hold_objects()
+    tx.lock_refresh_chain(chain_id)
     revoked: list[str] = []
     for rt in ctx.store.list_refresh_tokens(chain_id=chain_id):
         if rt.status != "REVOKED":
@@ -164,4 +228,5 @@ def revoke_jtis(ctx: CoreContext, tx: StoreTx, jtis: tuple[str, ...] | list[str]
             tx.append_change("revoke_jti", {"as_id": token.as_id, "jti": token.jti, "exp": token.expires_at})
 
 
-__all__ = ["Grant", "Minted", "mint", "new_refresh_token", "revoke_jtis", "revoke_refresh_chain", "wants_refresh"]
+__all__ = ["CurrentState", "Grant", "Minted", "current_principal", "mint", "new_refresh_token", "pause", "revoke_jtis",
+           "revoke_refresh_chain", "unauthorized_client", "wants_refresh"]

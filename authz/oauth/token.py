@@ -22,6 +22,7 @@ from authz.oauth.common import (
     no_store_headers,
     read_form,
 )
+from authz.oauth.issue import unauthorized_client
 from authz.policy import format_list
 from config.schema import GRANT_TYPES, AuthorizationServerConfig
 
@@ -48,8 +49,7 @@ def check_grant_type(client: AuthenticatedClient, grant_type: str | None) -> str
         raise OAuthError("unsupported_grant_type", "The authorization grant type is not supported by the "
                          f"authorization server. Configured grant types: {configured}.", reason="unsupported_grant_type")
     if grant_type not in client.app.config.grant_types:
-        raise OAuthError("unauthorized_client", "The client is not authorized to use the provided grant type. "
-                         f"Configured grant types: {configured}.", reason="unauthorized_client")
+        raise unauthorized_client(client.app)
     return grant_type
 
 

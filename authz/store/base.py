@@ -177,6 +177,19 @@ class StoreTx(Protocol):
     def delete_signing_key(self, as_id: str, kid: str) -> bool:
         """Remove a key (rotation drops EXPIRED keys no unexpired token can need); False if unknown."""
 
+    def hold_objects(self) -> None:
+        """Inside a transaction: the configuration objects cannot change until commit, and the reads that
+        follow see every change committed before (a grant re-checks its user, client and server here, so
+        that a deactivation either commits first and is seen, or waits and its watermark covers the token).
+        Shared between holders: grants do not wait for each other, only for a configuration change, which
+        takes the objects' lock (``get_object``/``list_objects``). SQLite: the write transaction already
+        holds the database; PostgreSQL: the shared form of the objects' advisory lock."""
+
+    def lock_refresh_chain(self, chain_id: str) -> None:
+        """Inside a transaction: serialize writers of one refresh-token chain until commit (a refresh reads,
+        compares and writes its token under it, and so does a revocation of the chain), so that a refresh
+        racing ``/revoke`` either commits first and is revoked with the chain, or sees it REVOKED."""
+
     def list_signing_keys(self, as_id: str) -> list[SigningKey]:
         """Inside a transaction: the AS's keys, locked until commit, so that two processes creating or
         rotating the keys of one AS at once serialize instead of both writing (``authz.keys``)."""

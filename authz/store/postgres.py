@@ -166,6 +166,18 @@ class PostgresStore(SqlStore):
         # the second wait, and its next statement then sees the first one's commit.
         self._exec(conn, "SELECT pg_advisory_xact_lock(hashtext(?))", (f"scopegate:objects:{self.schema}",))
 
+    def _hold_objects(self, conn: Any) -> None:
+        # The shared form of _lock_objects' key: grants run side by side, a configuration change waits for
+        # those already holding it (and they for it), and READ COMMITTED lets the next read see its commit.
+        self._exec(conn, "SELECT pg_advisory_xact_lock_shared(hashtext(?))", (f"scopegate:objects:{self.schema}",))
+
+    def _lock_refresh_chain(self, conn: Any, chain_id: str) -> None:
+        # A lock per chain rather than FOR UPDATE on its rows: a rotation inserts a row no earlier SELECT locked.
+        # The two-key form is a key space of its own ("these two key spaces do not overlap", PostgreSQL docs),
+        # so a chain's hash can never collide with the objects' lock this transaction may already hold.
+        self._exec(conn, "SELECT pg_advisory_xact_lock(hashtext(?), hashtext(?))",
+                   (f"scopegate:chain:{self.schema}", chain_id))
+
     def _lock_for_migration(self, tx: SqlTx) -> None:
         tx._exec("SELECT pg_advisory_xact_lock(hashtext(?))", (f"scopegate:migrate:{self.schema}",))
         if self.schema is not None:

@@ -170,6 +170,12 @@ class SqlTx:
         rows = self._exec(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? ORDER BY created, id", (kind,)).fetchall()  # noqa: S608 (constant identifiers)
         return [_object(row) for row in rows]
 
+    def hold_objects(self) -> None:
+        self._store._hold_objects(self._conn)
+
+    def lock_refresh_chain(self, chain_id: str) -> None:
+        self._store._lock_refresh_chain(self._conn, chain_id)
+
     def add_signing_key(self, key: SigningKey) -> None:
         self._exec(f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES ({_placeholders(_KEY_COLUMNS)})",  # noqa: S608 (constant identifiers)
                    (key.kid, key.as_id, key.status, key.private_pem, _dumps(key.public_jwk), key.created,
@@ -292,6 +298,15 @@ class SqlStore(ABC):
     def _lock_objects(self, conn: Any) -> None:
         """Serialize read-modify-writes of configuration objects across processes (SQLite: the write
         transaction already does)."""
+        return None
+
+    def _hold_objects(self, conn: Any) -> None:
+        """Keep configuration objects unchanged until commit, shared with other holders (SQLite: the
+        write transaction already does)."""
+        return None
+
+    def _lock_refresh_chain(self, conn: Any, chain_id: str) -> None:
+        """Serialize writers of one refresh-token chain (SQLite: the write transaction already does)."""
         return None
 
     def _lock_for_migration(self, tx: SqlTx) -> None:
@@ -433,6 +448,14 @@ class SqlStore(ABC):
     def allocate_token_seq(self) -> int:
         with self.transaction() as tx:
             return tx.allocate_token_seq()
+
+    def hold_objects(self) -> None:
+        """Outside a transaction there is nothing to hold a lock for: a no-op (see ``StoreTx``)."""
+        return None
+
+    def lock_refresh_chain(self, chain_id: str) -> None:
+        """Outside a transaction there is nothing to hold a lock for: a no-op (see ``StoreTx``)."""
+        return None
 
     def current_token_seq(self) -> int:
         with self._guard():
