@@ -17,6 +17,7 @@ opens the upstream connection and relays frames; a denial is the same HTTP answe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -42,8 +43,8 @@ from proxy.resources import ResourceMap
 from proxy.revocation import RevocationLike
 from proxy.routes import EXPLICIT_ONLY, FORWARDED_METHODS, UNROUTED, Route, RouteTable
 from proxy.validate import IssuerPolicy, TokenValidator, VerifiedToken, build_issuer_policies
+from proxy.websocket import Session, SessionWatch, open_upstream, relay, subprotocols
 from proxy.websocket import deny as deny_websocket
-from proxy.websocket import open_upstream, relay, subprotocols
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -91,6 +92,14 @@ class ProxyApp:
                                         max_token_bytes=config.proxy.limits.max_token_bytes)
         self.cache = TokenCache(config.proxy.token_cache_size, self.now)
         self.headers = HeaderPlan(config)
+        watch = getattr(self, "sessions", None)
+        if watch is None:
+            self.sessions = SessionWatch(self.revocation, self.now, interval=config.revocation.poll_interval,
+                                         deny_when_stale=config.revocation.on_stale == "deny")
+        else:  # a reload: open sessions stay watched, under the new settings, and are all asked again
+            watch.interval = config.revocation.poll_interval
+            watch.deny_when_stale = config.revocation.on_stale == "deny"
+            watch.check_all()
         self.echo = config.upstream.url == ECHO
         self.metrics.prebuild(self.routes.names)
 
@@ -201,7 +210,12 @@ class ProxyApp:
                                                max_message_bytes=self.cfg.proxy.limits.max_body_bytes)
                 decision.response_started = True
                 decision.status = 101
-                await relay(receive, send, upstream)
+                session = None if verified is None else self._watch(head, verified)
+                try:
+                    await relay(receive, send, upstream, session.ended if session is not None else None)
+                finally:
+                    if session is not None:
+                        self.sessions.discard(session)
             finally:
                 decision.upstream_duration = time.perf_counter() - started
         except ScopegateError as exc:
@@ -222,6 +236,16 @@ class ProxyApp:
             decision.duration = time.perf_counter() - decision.started
             self.metrics.record(decision)
             self.log.record(decision)
+
+    def _watch(self, head: RequestHead, verified: VerifiedToken) -> Session:
+        """Watch a relayed session's token: it ends at ``exp`` or on revocation (issue 8 item 11)."""
+        recheck = None
+        introspector = self.introspectors.get(verified.as_id)
+        if introspector is not None:
+            token = extract_bearer(head.authorization, other_method=False, realm=verified.as_id)
+            recheck = functools.partial(introspector.validate_active, token, jti=str(verified.claims.get("jti", "")),
+                                        exp=verified.exp)
+        return self.sessions.open(verified.claims, verified.exp, recheck)
 
     async def _send_error(self, send: Send, exc: ScopegateError) -> None:
         """The one place an error of the family becomes the proxy's response."""

@@ -40,6 +40,8 @@ class RecordingUpstream:
     requests: list[Recorded] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
     """Set when a request's head has arrived (before any delay)."""
+    ws_closes: list[int | None] = field(default_factory=list)
+    """The close code of each finished WebSocket session, as this upstream saw it."""
     _loop: asyncio.AbstractEventLoop | None = None
     _stop: asyncio.Event | None = None
     _thread: threading.Thread | None = None
@@ -71,6 +73,7 @@ class RecordingUpstream:
                 await ws.send_str("echo:" + message.data)
             elif message.type == WSMsgType.BINARY:
                 await ws.send_bytes(message.data)
+        self.ws_closes.append(ws.close_code)
         return ws
 
     async def _serve(self, ready: threading.Event) -> None:

@@ -28,6 +28,8 @@ class EchoUpstream:
     url: str = ""
     handshakes: list[dict[str, list[str]]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    closes: list[int | None] = field(default_factory=list)
+    """The close code of each finished session, as the upstream saw it."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         headers: dict[str, list[str]] = {}
@@ -45,6 +47,7 @@ class EchoUpstream:
                 await ws.send_str("echo:" + message.data)
             elif message.type == WSMsgType.BINARY:
                 await ws.send_bytes(message.data[::-1])
+        self.closes.append(ws.close_code)
         return ws
 
 
@@ -55,6 +58,7 @@ class Served:
     revocation: FakeRevocation
     log: io.StringIO
     registry: CollectorRegistry
+    clock: Clock
 
 
 @pytest.fixture
@@ -71,12 +75,13 @@ async def served() -> AsyncIterator[Served]:
     revocation = FakeRevocation()
     registry = CollectorRegistry()
     log = io.StringIO()
+    clock = Clock(NOW)
     gate = ProxyApp(gate_config(upstream.url), default_keys(), revocation, ProxyMetrics(registry), log_stream=log,
-                    now=Clock(NOW))
+                    now=clock)
     await gate.startup()
     try:
         async with serve(gate) as url:
-            yield Served(url, upstream, revocation, log, registry)
+            yield Served(url, upstream, revocation, log, registry, clock)
     finally:
         await gate.shutdown()
         await runner.cleanup()
@@ -187,3 +192,65 @@ async def test_upstream_down_is_502() -> None:
         assert refused.value.status == 502
     finally:
         await gate.shutdown()
+
+
+async def open_session(session: aiohttp.ClientSession, served: Served, token: str) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(f"{served.url}/orders/feed", headers={"Authorization": f"Bearer {token}"})
+    await ws.send_str("one")
+    assert (await ws.receive(timeout=5)).data == "echo:one"
+    return ws
+
+
+async def closed_by_the_proxy(ws: aiohttp.ClientWebSocketResponse, served: Served) -> tuple[int | None, str]:
+    """The client's view of the close (no frame in between), once the upstream saw its side closed too."""
+    message = await ws.receive(timeout=3)
+    assert message.type == WSMsgType.CLOSE, message
+    for _ in range(300):
+        if served.upstream.closes:
+            break
+        await asyncio.sleep(0.01)
+    return ws.close_code, str(message.extra or "")
+
+
+async def test_websocket_revocation_closes_an_open_session(served: Served) -> None:
+    """A token revoked while its session is open: the session is closed with 1008 on both sides within the
+    revocation poll interval (here 0.2 s), instead of relaying until someone hangs up."""
+    async with aiohttp.ClientSession() as session:
+        ws = await open_session(session, served, mint())
+        served.revocation.revoked_jtis.add(str(claims()["jti"]))
+        code, reason = await closed_by_the_proxy(ws, served)
+    assert code == 1008 and reason == "token revoked"
+    assert served.upstream.closes == [1008]
+
+
+async def test_websocket_revocation_expiry_closes_the_session_at_exp(served: Served) -> None:
+    """A session ends when its token's ``exp`` passes (1008 'token expired'), not when the client leaves."""
+    async with aiohttp.ClientSession() as session:
+        ws = await open_session(session, served, mint(claims(exp=int(NOW) + 60)))
+        await ws.send_str("two")
+        assert (await ws.receive(timeout=5)).data == "echo:two"
+        served.clock.advance(61)
+        code, reason = await closed_by_the_proxy(ws, served)
+    assert code == 1008 and reason == "token expired"
+    assert served.upstream.closes == [1008]
+
+
+async def test_websocket_revocation_stale_state_closes_with_try_again_later(served: Served) -> None:
+    """Under onStale: deny, a stale revocation state closes sessions with 1013, as new requests get 503."""
+    async with aiohttp.ClientSession() as session:
+        ws = await open_session(session, served, mint())
+        served.revocation.stale = True
+        code, _ = await closed_by_the_proxy(ws, served)
+    assert code == 1013
+    assert served.upstream.closes == [1013]
+
+
+async def test_websocket_revocation_of_another_token_leaves_the_session_open(served: Served) -> None:
+    """Only the revoked token's sessions end: another session keeps relaying across revocation checks."""
+    async with aiohttp.ClientSession() as session:
+        ws = await open_session(session, served, mint())
+        served.revocation.revoked_jtis.add("AT.other")
+        await asyncio.sleep(0.5)
+        await ws.send_str("still")
+        assert (await ws.receive(timeout=5)).data == "echo:still"
+        await ws.close()
