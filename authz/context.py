@@ -11,6 +11,7 @@ from authz.authfailures import ClientAuthFailures
 from config.schema import ScopegateConfig
 
 if TYPE_CHECKING:
+    from authz.metrics import TokenMetrics
     from authz.revocation import RevocationState
     from authz.store.base import Store
     from authz.syslog import SystemLog
@@ -33,6 +34,8 @@ class CoreContext:
     the same process refuses the token before the revoking request returns (issue 4)."""
     auth_failures: ClientAuthFailures | None = None
     """Failed client authentications (security.md §4.1 back-off); built from ``config.core`` if not given."""
+    token_metrics: TokenMetrics | None = None
+    """Tokens issued and denied, on the ops listener's registry (``authz/metrics.py``); none in unit tests."""
 
     def __post_init__(self) -> None:
         if self.auth_failures is None:

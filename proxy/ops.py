@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -21,10 +21,7 @@ class Check:
 
 
 def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette:
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    async def readyz(request: Request) -> Response:
+    def failing() -> dict[str, str]:
         failures: dict[str, str] = {}
         for check in checks:
             try:
@@ -33,6 +30,18 @@ def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette
                 problem = f"{type(exc).__name__}: {exc}"
             if problem is not None:
                 failures[check.name] = problem
+        return failures
+
+    # What /readyz answers, as a series: an alert can say "not ready" without scraping the probe.
+    ready = Gauge("scopegate_ready", "1 when every readiness check passes (what /readyz answers), else 0.",
+                  registry=registry)
+    ready.set_function(lambda: 0.0 if failing() else 1.0)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        failures = failing()
         body = {"ready": not failures, "checks": {c.name: failures.get(c.name, "ok") for c in checks}}
         return JSONResponse(body, status_code=503 if failures else 200)
 

@@ -27,6 +27,7 @@ from authz.app import build_core_app
 from authz.context import CoreContext
 from authz.errors import ScopegateError
 from authz.feed import FeedPoller
+from authz.metrics import TokenMetrics
 from authz.reconcile import reconcile
 from authz.revocation import RevocationState
 from authz.store import Change, Store, open_store
@@ -147,7 +148,8 @@ class Scopegate:
         await self.proxy_app.startup()
 
         ctx = CoreContext(config=cfg, store=store, syslog=syslog, revocation=revocation, now=self.now,
-                          refresh_revocations=self.poller.poll_now)
+                          refresh_revocations=self.poller.poll_now,
+                          token_metrics=TokenMetrics(registry, [s.id for s in cfg.authorization_servers]))
         self.ctx = ctx
         self.revocation = revocation
         checks = [

@@ -81,11 +81,15 @@ def token_endpoint(ctx: CoreContext) -> Endpoint:
             handler = HANDLERS[grant_type]
             body = await in_thread(handler, ctx, server, client, form, audit)
         except ScopegateError as exc:
+            if ctx.token_metrics is not None:
+                ctx.token_metrics.record(audit.server, audit.grant_type, exc)
             if not isinstance(exc, RecordedOAuthError):
                 await in_thread(record_failure, ctx, audit, exc)
             if audit.revoked:
                 await ctx.refresh_revocations()
             raise
+        if ctx.token_metrics is not None:
+            ctx.token_metrics.record(audit.server, audit.grant_type, None)
         return json_response(body, headers=no_store_headers())
 
     return token
