@@ -334,7 +334,8 @@ def test_metrics_names_and_labels(gate: RunningScopegate, upstream: RecordingUps
     assert 0 <= age < 5
     assert samples[("scopegate_requests_in_flight", frozenset())] == 0
     label_names = {name for (metric, labels) in samples if metric.startswith("scopegate_") for name, _ in labels}
-    assert label_names <= {"route", "decision", "reason", "result", "le"}
+    # The core's token counter (issue 9) adds the bounded AS id, grant type and outcome.
+    assert label_names <= {"route", "decision", "reason", "result", "le", "authorization_server", "grant_type", "outcome"}
 
 
 def test_one_decision_log_line_per_request_without_the_token(gate: RunningScopegate, upstream: RecordingUpstream) -> None:
