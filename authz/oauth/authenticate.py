@@ -36,16 +36,20 @@ async def authenticate(ctx: CoreContext, request: Request, form: dict[str, str],
     client_id = named_client_id(authorization, form)
     source = request.client.host if request.client else None
     now = ctx.now()
-    wait = failures.retry_after(client_id, source, now)
+    # The slot is reserved before the credentials are looked at (on the event loop, under the failures'
+    # lock), so that concurrent guesses cannot all pass the check before the first failure is counted.
+    wait = failures.reserve(client_id, source, now)
     if wait is not None:
         raise rate_limited(wait, failures.limit, now)
+    failed = False
     try:
         return await in_thread(lambda: authenticate_client(ctx.store, authorization=authorization, form=form,
                                                            query=query, endpoint_url=endpoint_url, now=now))
     except OAuthError as exc:
-        if exc.error == "invalid_client":
-            failures.record(client_id, source, now)
+        failed = exc.error == "invalid_client"
         raise
+    finally:
+        failures.settle(client_id, source, ctx.now(), failed=failed)
 
 
 __all__ = ["RATE_LIMITED", "authenticate", "rate_limited"]
