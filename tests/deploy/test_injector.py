@@ -6,6 +6,7 @@ the patched pod is validated strictly against the Kubernetes schema of every ver
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -18,7 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from starlette.requests import Request
 
+from proxy.inject import server
 from proxy.inject.patch import SIDECAR, InjectorSettings
 from proxy.inject.server import MAX_BODY, InjectorMetrics, build_webhook_app
 from tests.deploy.kube import OLDEST, VERSIONS, validate
@@ -363,3 +366,22 @@ def test_metrics_are_bounded() -> None:
     text = generate_latest(hook.registry).decode()
     for outcome in ("injected", "skipped", "already_injected", "refused", "malformed", "error"):
         assert f'scopegate_injector_admissions_total{{outcome="{outcome}"}} 0.0' in text
+
+
+async def test_a_review_whose_body_never_arrives_is_answered_not_awaited(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender that stalls mid-body gets 408 and allowed: false once the body deadline passes: never a hang."""
+    monkeypatch.setattr(server, "BODY_TIMEOUT", 0.2)
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b'{"apiVersion": "admission', "more_body": True}
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    scope = {"type": "http", "method": "POST", "path": "/mutate", "headers": [], "query_string": b""}
+    status, body, outcome = await asyncio.wait_for(server._answer(Request(scope, receive), SETTINGS), timeout=5)
+    assert (status, outcome) == (408, "malformed")
+    assert body["response"]["allowed"] is False and "did not arrive" in body["response"]["status"]["message"]
