@@ -10,6 +10,8 @@ import asyncio
 import base64
 import copy
 import json
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -385,3 +387,12 @@ async def test_a_review_whose_body_never_arrives_is_answered_not_awaited(monkeyp
     status, body, outcome = await asyncio.wait_for(server._answer(Request(scope, receive), SETTINGS), timeout=5)
     assert (status, outcome) == (408, "malformed")
     assert body["response"]["allowed"] is False and "did not arrive" in body["response"]["status"]["message"]
+
+
+def test_the_injector_imports_nothing_of_the_gate() -> None:
+    """DESIGN §8: proxy/inject shares only the ops listener; the webhook process loads no gate or core module."""
+    code = ("import sys, proxy.inject.server; "
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('proxy', 'authz', 'config'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert set(done.stdout.split()) == {"proxy", "proxy.ops", "proxy.inject", "proxy.inject.patch",
+                                        "proxy.inject.review", "proxy.inject.server", "proxy.inject.tls"}
