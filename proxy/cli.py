@@ -34,7 +34,7 @@ def _inject(args: argparse.Namespace) -> int:
     from proxy.inject.server import run
 
     settings = InjectorSettings(image=args.image, config_map=args.config_map, proxy_port=args.proxy_port,
-                                ops_port=args.ops_port, run_as_user=args.run_as_user)
+                                ops_port=args.ops_port, core_port=args.core_port, run_as_user=args.run_as_user)
     return run(settings, cert_file=args.cert, key_file=args.key, listen=args.listen, ops=args.ops)
 
 
@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: %(default)s; scopegate.io/proxy-port)")
     inject.add_argument("--ops-port", type=int, default=defaults.ops_port, help="sidecar ops port "
                         "(default: %(default)s; scopegate.io/ops-port)")
+    inject.add_argument("--core-port", type=int, default=defaults.core_port, help="sidecar core port "
+                        "(default: %(default)s; scopegate.io/core-port)")
     inject.add_argument("--run-as-user", type=int, default=defaults.run_as_user,
                         help="the sidecar image's numeric user (default: %(default)s)")
     inject.set_defaults(func=_inject)

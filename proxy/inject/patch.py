@@ -22,7 +22,8 @@ RESOURCES = PREFIX + "resources"
 NATIVE_SIDECAR = PREFIX + "native-sidecar"
 PROXY_PORT = PREFIX + "proxy-port"
 OPS_PORT = PREFIX + "ops-port"
-ANNOTATIONS = (INJECT, CONFIG, UPSTREAM_PORT, IMAGE, RESOURCES, NATIVE_SIDECAR, PROXY_PORT, OPS_PORT)
+CORE_PORT = PREFIX + "core-port"
+ANNOTATIONS = (INJECT, CONFIG, UPSTREAM_PORT, IMAGE, RESOURCES, NATIVE_SIDECAR, PROXY_PORT, OPS_PORT, CORE_PORT)
 
 SIDECAR = "scopegate"
 """The sidecar's container name: how a second admission (reinvocation, a re-applied pod) sees it is there."""
@@ -30,6 +31,7 @@ PROXY_PORT_NAME = "scopegate-proxy"
 """Services target this named port: a pod started without the sidecar has no such port, so no Service
 sends it traffic (the reasoning behind ``failurePolicy: Ignore``, deploy/injector/webhook.yaml)."""
 OPS_PORT_NAME = "scopegate-ops"
+CORE_PORT_NAME = "scopegate-core"
 CONFIG_VOLUME, STATE_VOLUME, TMP_VOLUME = "scopegate-config", "scopegate-state", "scopegate-tmp"
 CONFIG_DIR = "/etc/scopegate/config"
 """Below the image's /etc/scopegate, so the demo config the image ships stays visible."""
@@ -63,6 +65,8 @@ class InjectorSettings:
     config_map: str = "scopegate"
     proxy_port: int = 8080
     ops_port: int = 9090
+    core_port: int = 8081
+    """The co-located core's port, when the sidecar's config has one (``listen.core`` not ``off``)."""
     run_as_user: int = 10001
     """The image's numeric user (the restricted Pod Security Standard wants runAsNonRoot to be checkable)."""
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: {
@@ -117,8 +121,9 @@ def build_patch(pod: Mapping[str, Any], settings: InjectorSettings) -> list[dict
     app_containers = [*containers, *(init_containers or [])]
     proxy_port = _port(notes, PROXY_PORT, settings.proxy_port)
     ops_port = _port(notes, OPS_PORT, settings.ops_port)
+    core_port = _port(notes, CORE_PORT, settings.core_port)
     upstream_port = _upstream_port(notes, containers)
-    _check_ports(app_containers, {PROXY_PORT: proxy_port, OPS_PORT: ops_port}, upstream_port)
+    _check_ports(app_containers, {PROXY_PORT: proxy_port, OPS_PORT: ops_port, CORE_PORT: core_port}, upstream_port)
     image = _image(notes, settings.image)
     config_map = _config_map(notes, settings.config_map)
     resources = _resources(notes, settings.resources)
@@ -128,7 +133,8 @@ def build_patch(pod: Mapping[str, Any], settings: InjectorSettings) -> list[dict
         if name in taken:
             raise InjectionRefused(f"the pod already has a volume named {name!r}, which the sidecar needs")
 
-    sidecar = sidecar_container(image=image, proxy_port=proxy_port, ops_port=ops_port, upstream_port=upstream_port,
+    sidecar = sidecar_container(image=image, proxy_port=proxy_port, ops_port=ops_port, core_port=core_port,
+                                upstream_port=upstream_port,
                                 resources=resources, run_as_user=settings.run_as_user, native=native)
     new_volumes = [
         {"name": CONFIG_VOLUME, "configMap": {"name": config_map}},
@@ -151,7 +157,7 @@ def build_patch(pod: Mapping[str, Any], settings: InjectorSettings) -> list[dict
     return ops
 
 
-def sidecar_container(*, image: str, proxy_port: int, ops_port: int, upstream_port: int,
+def sidecar_container(*, image: str, proxy_port: int, ops_port: int, core_port: int, upstream_port: int,
                       resources: Mapping[str, Mapping[str, str]], run_as_user: int, native: bool) -> dict[str, Any]:
     """The sidecar, restricted-PSS compliant; the same container deploy/kubernetes/base writes by hand."""
     container: dict[str, Any] = {
@@ -160,12 +166,14 @@ def sidecar_container(*, image: str, proxy_port: int, ops_port: int, upstream_po
         "args": ["run", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "env": [
             {"name": "SCOPEGATE_PROXY_LISTEN", "value": f"0.0.0.0:{proxy_port}"},
+            {"name": "SCOPEGATE_CORE_LISTEN", "value": f"0.0.0.0:{core_port}"},
             {"name": "SCOPEGATE_OPS_LISTEN", "value": f"0.0.0.0:{ops_port}"},
             # The app is reached on the pod's loopback: it can bind 127.0.0.1 and be reachable only through us.
             {"name": "SCOPEGATE_UPSTREAM", "value": f"http://127.0.0.1:{upstream_port}"},
         ],
         "ports": [
             {"name": PROXY_PORT_NAME, "containerPort": proxy_port, "protocol": "TCP"},
+            {"name": CORE_PORT_NAME, "containerPort": core_port, "protocol": "TCP"},
             {"name": OPS_PORT_NAME, "containerPort": ops_port, "protocol": "TCP"},
         ],
         "startupProbe": _probe("/healthz", ops_port, period=1, failures=60),
@@ -234,8 +242,8 @@ def _check_ports(containers: list[Mapping[str, Any]], ours: dict[str, int], upst
     for key, port in ours.items():
         if port == upstream:
             raise InjectionRefused(f"{key} {port} is the app's port ({UPSTREAM_PORT}): choose another with {key}")
-    if ours[PROXY_PORT] == ours[OPS_PORT]:
-        raise InjectionRefused(f"{PROXY_PORT} and {OPS_PORT} must differ")
+    if len(set(ours.values())) != len(ours):
+        raise InjectionRefused(f"{', '.join(ours)} must be three different ports")
     for container in containers:
         for declared in _list(container.get("ports")):
             if not isinstance(declared, Mapping):
@@ -244,7 +252,7 @@ def _check_ports(containers: list[Mapping[str, Any]], ours: dict[str, int], upst
                 if declared.get("containerPort") == port:
                     raise InjectionRefused(f"container {container.get('name')!r} already uses port {port}: "
                                            f"choose another for the sidecar with {key}")
-            if declared.get("name") in (PROXY_PORT_NAME, OPS_PORT_NAME):
+            if declared.get("name") in (PROXY_PORT_NAME, OPS_PORT_NAME, CORE_PORT_NAME):
                 raise InjectionRefused(f"container {container.get('name')!r} already has a port named "
                                        f"{declared.get('name')!r}, which the sidecar needs")
 

@@ -143,7 +143,7 @@ async def test_annotated_pod_gets_a_native_sidecar_and_nothing_else_changes() ->
     assert {"name": "SCOPEGATE_UPSTREAM", "value": "http://127.0.0.1:8000"} in sidecar["env"]
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
-    assert [p["name"] for p in sidecar["ports"]] == ["scopegate-proxy", "scopegate-ops"]
+    assert [p["name"] for p in sidecar["ports"]] == ["scopegate-proxy", "scopegate-core", "scopegate-ops"]
     # The app, its probes and ports: byte for byte what it was.
     assert without_sidecar(result) == pod
     assert result["spec"]["containers"] == pod["spec"]["containers"]
@@ -242,6 +242,7 @@ async def test_a_port_clash_with_the_app_is_refused_with_the_annotation_to_set()
     ("scopegate.io/resources", '{"limits": {"memory": "lots"}}', "is not a resource quantity"),
     ("scopegate.io/native-sidecar", "maybe", 'must be "true" or "false"'),
     ("scopegate.io/ops-port", "8000", "is the app's port"),
+    ("scopegate.io/core-port", "8080", "must be three different ports"),
 ])
 async def test_an_invalid_annotation_refuses_the_pod_that_asked(annotation: str, value: str, expected: str) -> None:
     """Fail closed: the pod asked for the gate; starting it without would expose the API. The message says why."""

@@ -168,7 +168,7 @@ def test_scopegate_is_a_native_sidecar_in_front_of_the_api(name: str) -> None:
 def test_the_hand_written_sidecar_is_the_one_the_injector_adds() -> None:
     """deploy/kubernetes/base and `scopegate inject` must not drift: same image user, security, probes, mounts."""
     by_hand = sidecar("single")
-    injected = sidecar_container(image=by_hand["image"], proxy_port=8080, ops_port=9090, upstream_port=8000,
+    injected = sidecar_container(image=by_hand["image"], proxy_port=8080, ops_port=9090, core_port=8081, upstream_port=8000,
                                  resources=by_hand["resources"], run_as_user=InjectorSettings().run_as_user, native=True)
     for key in ("image", "args", "restartPolicy", "securityContext", "resources", "volumeMounts"):
         assert by_hand[key] == injected[key], key
@@ -176,6 +176,7 @@ def test_the_hand_written_sidecar_is_the_one_the_injector_adds() -> None:
         assert by_hand[probe]["httpGet"]["path"] == injected[probe]["httpGet"]["path"]
         assert {k: v for k, v in by_hand[probe].items() if k != "httpGet"} == \
                {k: v for k, v in injected[probe].items() if k != "httpGet"}
+    assert by_hand["ports"] == injected["ports"]
     injected_env = {e["name"]: e["value"] for e in injected["env"]}
     hand_env = {e["name"]: e.get("value") for e in by_hand["env"]}
     assert injected_env.items() <= hand_env.items()
