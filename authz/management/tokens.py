@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +19,7 @@ from authz.errors import OktaApiError
 from authz.management.audit import Caller
 from authz.management.routing import admin_route, json_response, no_content, paginate
 from authz.management.shapes import iso
+from authz.oauth.issue import revoke_refresh_chain
 from authz.store.base import RefreshToken
 from authz.syslog import make_event
 
@@ -124,16 +124,12 @@ class _TokenApi:
             store = self.ctx.store
             chosen = pick(self._live(request, client_id))
             now = self.ctx.now()
-            # The whole rotation chain goes, and every access token minted from any of its members.
-            chain = {rt.id: rt for t in chosen for rt in store.list_refresh_tokens(chain_id=t.chain_id)}
-            minted = [at for rt in chain.values() for at in store.list_tokens(refresh_id=rt.id)]
             with store.transaction() as tx:
-                for rt in chain.values():
-                    if rt.status != "REVOKED":
-                        tx.put_refresh_token(replace(rt, status="REVOKED"))
-                for at in minted:
-                    if at.expires_at > now:
-                        tx.append_change("revoke_jti", {"as_id": at.as_id, "jti": at.jti, "exp": at.expires_at})
+                # The whole rotation chain goes, and every access token minted from any of its members. Read
+                # inside the transaction under the chain's lock (revoke_refresh_chain), not before it: a
+                # refresh committed in between would otherwise leave a live token in a revoked chain (issue 8).
+                for chain_id in dict.fromkeys(t.chain_id for t in chosen):
+                    revoke_refresh_chain(self.ctx, tx, chain_id, now)
                 for t in chosen:
                     self.ctx.syslog.record(tx, make_event(
                         "app.oauth2.as.token.revoke", now=now, display_message="Revoke refresh token (admin API)",

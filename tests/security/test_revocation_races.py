@@ -299,6 +299,49 @@ async def test_refresh_revoke_race_forced(core: Core, client: tuple[str, str]) -
 
 
 @pytest.mark.parametrize("client", [("web", WEB_SECRET), ("rot", ROT_SECRET)], ids=["static", "rotate"])
+async def test_refresh_admin_revoke_race_forced(core: Core, client: tuple[str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race against the admin API's revocation of a refresh token (spec §1.8): the paused refresh
+    is let go at the moment the admin request reads the chain, and the admin request then waits (up to a
+    second) for it. Reading the chain before the revoking transaction, the admin revoked the chain as it
+    was, and the refresh's new token stayed live; read under the chain's lock, the refresh waits instead."""
+    first = await core.password(client)
+    assert first.status_code == 200, first.text
+    value = first.json()["refresh_token"]
+    [rt] = core.store.list_refresh_tokens(client_id=client[0])
+    pause = Pause("refresh_token.before_mint")
+    issue.pause_hook = pause
+    refreshing = asyncio.ensure_future(core.refresh(value, client))
+    refreshed_done = threading.Event()
+    refreshing.add_done_callback(lambda _: refreshed_done.set())
+    real_list = core.store.list_refresh_tokens
+
+    def chain_read(**filters: Any) -> list[Any]:
+        result = real_list(**filters)
+        if filters.get("chain_id") is not None and not pause.go.is_set():
+            pause.go.set()
+            refreshed_done.wait(1.0)
+        return result
+
+    try:
+        assert await asyncio.to_thread(pause.reached.wait, 20)
+        monkeypatch.setattr(core.store, "list_refresh_tokens", chain_read)
+        await core.admin("DELETE", f"/api/v1/authorizationServers/orders/clients/{client[0]}/tokens/{rt.id}")
+    finally:
+        pause.go.set()
+        issue.pause_hook = None
+    refreshed = await refreshing
+    monkeypatch.setattr(core.store, "list_refresh_tokens", real_list)
+    minted = [first.json()["access_token"], *access_tokens([refreshed])]
+    assert [t for t in minted if core.accepted(t)] == []
+    handed_out = {value, *([refreshed.json().get("refresh_token", value)] if refreshed.status_code == 200 else [])}
+    for refresh_token in handed_out:
+        again = await core.refresh(refresh_token, client)
+        assert again.status_code == 400, again.text
+    assert {rt.status for rt in core.store.list_refresh_tokens(client_id=client[0])} == {"REVOKED"}
+
+
+@pytest.mark.parametrize("client", [("web", WEB_SECRET), ("rot", ROT_SECRET)], ids=["static", "rotate"])
 async def test_refresh_revoke_race_stress(core: Core, client: tuple[str, str]) -> None:
     """Real threads: refreshes of one chain hammer /token while /revoke of its refresh token runs. Once
     /revoke has returned, no refresh token the race handed out refreshes again, and no access token minted
