@@ -715,6 +715,38 @@ class CoreSettings(Model):
     client_auth_failure_source_limit: int = Field(default=100, ge=0)
     client_auth_failure_window: Duration = 60.0
 
+    max_form_bytes: int = Field(default=65536, ge=1024)
+    """Issue 8 item 4: the largest form body the protocol endpoints (/token, /introspect, /revoke,
+    /authorize) read; a larger one is answered 413 ``invalid_request`` before it is parsed or logged. A
+    ``private_key_jwt`` assertion is a few KiB and Okta caps ``scope`` at 1024 or 4096 characters (spec §7)."""
+
+    sign_in_failure_limit: int = Field(default=10, ge=0)
+    """Issue 8 item 5, like Okta's password-policy lockout ("lock out after 10 unsuccessful attempts"): after this
+    many failed sign-ins at the /authorize form naming one username within ``signInFailureWindow``, the form
+    refuses that username (429, no password check) until the oldest failure leaves the window, and writes a
+    ``user.account.lock`` event. Counted per username whether or not the user exists (no enumeration). 0
+    disables it. In memory, per process."""
+    sign_in_failure_source_limit: int = Field(default=100, ge=0)
+    """Failed sign-ins from one source address within ``signInFailureWindow`` (whatever the username) before
+    the form refuses that address (429); a password spray from one address stops here. 0 disables it."""
+    sign_in_failure_window: Duration = 900.0
+    """The window of both sign-in limits (15 minutes)."""
+
+    hashing_threads: int = Field(default=2, ge=1)
+    """Issue 8 item 5: password and client-secret hashing (scrypt, ~16 MiB and tens of ms each) runs on its own
+    pool of this many threads, never in the pool that carries store calls or the revocation feed."""
+    hashing_queue: int = Field(default=8, ge=0)
+    """Hashes that may wait for a hashing thread; beyond ``hashingThreads + hashingQueue`` in flight a request is
+    shed: /token, /introspect and /revoke answer 503 ``temporarily_unavailable`` with Retry-After, the sign-in
+    form 429."""
+
+    failure_event_rate: float = Field(default=5.0, gt=0)
+    """Issue 8 item 7: FAILURE/DENY system-log events per second per source address (a token bucket of
+    ``failureEventBurst``). Events over it are not written; the next event written for that source carries
+    ``debugContext.debugData.suppressedEvents``, and every suppressed event is counted in
+    ``scopegate_system_log_suppressed_events_total``."""
+    failure_event_burst: int = Field(default=60, ge=1)
+
 
 class ScopegateConfig(Model):
     listen: Listen = Field(default_factory=Listen)
