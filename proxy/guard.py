@@ -169,7 +169,8 @@ class ParseGuard:
             elif name == b"transfer-encoding":
                 transfer_encodings.append(value)
             elif name == b"content-type":
-                form = value[:33].lower() == b"application/x-www-form-urlencoded"
+                # Any Content-Type naming a form makes it one: with two, the upstream may read either.
+                form = form or value[:33].lower() == b"application/x-www-form-urlencoded"
             elif name == b"origin":
                 origin = True
             elif name == b"access-control-request-method":

@@ -227,3 +227,15 @@ async def test_form_body_before_token_form_over_the_scan_cap_is_413(wire: RawCli
     refused = await wire.exchange(closing("POST", "/orders", [FORM, auth, ("Content-Length", str(len(late)))], late))
     assert refused.status == 400
     assert len(gate.upstream.requests) == 1
+
+
+async def test_form_body_before_token_second_content_type_does_not_hide_the_form(gate: Gate) -> None:
+    """Two Content-Type headers, the first a form: an upstream reading the first one sees a form, so the body is
+    still searched for a second token (400), whatever the last Content-Type says."""
+    token = valid_token(scp=["orders:write"])
+    status, _, _ = await gate.asgi("POST", b"/orders", [
+        (b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-type", b"application/json"), (b"content-length", b"20")], body=b"access_token=abcdefg")
+    assert status == 400
+    assert '"reason":"invalid_request"' in gate.log.getvalue()   # the gate's refusal, not the upstream's
+    assert gate.upstream.started == 0
