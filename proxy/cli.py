@@ -33,7 +33,8 @@ def _inject(args: argparse.Namespace) -> int:
     # Only the injector's own subpackage: the webhook process loads nothing of the gate (DESIGN §8).
     from proxy.inject.server import run
 
-    settings = InjectorSettings(image=args.image, config_map=args.config_map, proxy_port=args.proxy_port,
+    settings = InjectorSettings(image=args.image, config_map=args.config_map, secret=args.secret,
+                                proxy_port=args.proxy_port,
                                 ops_port=args.ops_port, core_port=args.core_port, run_as_user=args.run_as_user)
     return run(settings, cert_file=args.cert, key_file=args.key, listen=args.listen, ops=args.ops)
 
@@ -64,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "scopegate.io/image overrides it per pod)")
     inject.add_argument("--config-map", default=defaults.config_map, help="ConfigMap with the sidecar's "
                         "scopegate.yaml (default: %(default)s; scopegate.io/config overrides it per pod)")
+    inject.add_argument("--secret", default=defaults.secret, help="Secret whose keys become the sidecar's "
+                        "environment, optional (default: %(default)s; scopegate.io/secret overrides it per pod)")
     inject.add_argument("--proxy-port", type=int, default=defaults.proxy_port, help="sidecar proxy port "
                         "(default: %(default)s; scopegate.io/proxy-port)")
     inject.add_argument("--ops-port", type=int, default=defaults.ops_port, help="sidecar ops port "

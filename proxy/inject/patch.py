@@ -23,7 +23,8 @@ NATIVE_SIDECAR = PREFIX + "native-sidecar"
 PROXY_PORT = PREFIX + "proxy-port"
 OPS_PORT = PREFIX + "ops-port"
 CORE_PORT = PREFIX + "core-port"
-ANNOTATIONS = (INJECT, CONFIG, UPSTREAM_PORT, IMAGE, RESOURCES, NATIVE_SIDECAR, PROXY_PORT, OPS_PORT, CORE_PORT)
+SECRET = PREFIX + "secret"
+ANNOTATIONS = (INJECT, CONFIG, SECRET, UPSTREAM_PORT, IMAGE, RESOURCES, NATIVE_SIDECAR, PROXY_PORT, OPS_PORT, CORE_PORT)
 
 SIDECAR = "scopegate"
 """The sidecar's container name: how a second admission (reinvocation, a re-applied pod) sees it is there."""
@@ -63,6 +64,9 @@ class InjectorSettings:
 
     image: str = "scopegate:0.1.0"
     config_map: str = "scopegate"
+    secret: str = "scopegate"
+    """A Secret whose keys become the sidecar's environment (SCOPEGATE_DSN=..., client secrets), for the
+    config's ${...} references; optional, so a config that needs none starts without it."""
     proxy_port: int = 8080
     ops_port: int = 9090
     core_port: int = 8081
@@ -125,7 +129,8 @@ def build_patch(pod: Mapping[str, Any], settings: InjectorSettings) -> list[dict
     upstream_port = _upstream_port(notes, containers)
     _check_ports(app_containers, {PROXY_PORT: proxy_port, OPS_PORT: ops_port, CORE_PORT: core_port}, upstream_port)
     image = _image(notes, settings.image)
-    config_map = _config_map(notes, settings.config_map)
+    config_map = _name(notes, CONFIG, settings.config_map, "ConfigMap")
+    secret = _name(notes, SECRET, settings.secret, "Secret")
     resources = _resources(notes, settings.resources)
     native = _flag(notes, NATIVE_SIDECAR, default=True)
     taken = {v.get("name") for v in volumes or []}
@@ -134,7 +139,7 @@ def build_patch(pod: Mapping[str, Any], settings: InjectorSettings) -> list[dict
             raise InjectionRefused(f"the pod already has a volume named {name!r}, which the sidecar needs")
 
     sidecar = sidecar_container(image=image, proxy_port=proxy_port, ops_port=ops_port, core_port=core_port,
-                                upstream_port=upstream_port,
+                                upstream_port=upstream_port, secret=secret,
                                 resources=resources, run_as_user=settings.run_as_user, native=native)
     new_volumes = [
         {"name": CONFIG_VOLUME, "configMap": {"name": config_map}},
@@ -157,7 +162,7 @@ def build_patch(pod: Mapping[str, Any], settings: InjectorSettings) -> list[dict
     return ops
 
 
-def sidecar_container(*, image: str, proxy_port: int, ops_port: int, core_port: int, upstream_port: int,
+def sidecar_container(*, image: str, proxy_port: int, ops_port: int, core_port: int, upstream_port: int, secret: str,
                       resources: Mapping[str, Mapping[str, str]], run_as_user: int, native: bool) -> dict[str, Any]:
     """The sidecar, restricted-PSS compliant; the same container deploy/kubernetes/base writes by hand."""
     container: dict[str, Any] = {
@@ -171,6 +176,8 @@ def sidecar_container(*, image: str, proxy_port: int, ops_port: int, core_port: 
             # The app is reached on the pod's loopback: it can bind 127.0.0.1 and be reachable only through us.
             {"name": "SCOPEGATE_UPSTREAM", "value": f"http://127.0.0.1:{upstream_port}"},
         ],
+        # The Secret's keys are environment variables for the config's ${...}; explicit env above wins.
+        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
         "ports": [
             {"name": PROXY_PORT_NAME, "containerPort": proxy_port, "protocol": "TCP"},
             {"name": CORE_PORT_NAME, "containerPort": core_port, "protocol": "TCP"},
@@ -266,12 +273,12 @@ def _image(notes: Mapping[str, Any], default: str) -> str:
     return value
 
 
-def _config_map(notes: Mapping[str, Any], default: str) -> str:
-    value = _text(notes, CONFIG)
+def _name(notes: Mapping[str, Any], key: str, default: str, kind: str) -> str:
+    value = _text(notes, key)
     if value is None:
         return default
     if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
-        raise InjectionRefused(f"{CONFIG}: {value!r} is not a ConfigMap name (a DNS subdomain)")
+        raise InjectionRefused(f"{key}: {value!r} is not a {kind} name (a DNS subdomain)")
     return value
 
 

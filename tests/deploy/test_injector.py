@@ -205,7 +205,7 @@ async def test_annotations_configure_the_sidecar() -> None:
     """config, upstream-port, image, resources, proxy-port and ops-port each land where they should."""
     hook = Webhook()
     pod = app_pod({
-        "scopegate.io/inject": "true", "scopegate.io/config": "orders-gate",
+        "scopegate.io/inject": "true", "scopegate.io/config": "orders-gate", "scopegate.io/secret": "orders-gate-env",
         "scopegate.io/upstream-port": "8000", "scopegate.io/image": "registry.example/scopegate@sha256:" + "a" * 64,
         "scopegate.io/resources": '{"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}',
         "scopegate.io/proxy-port": "18080", "scopegate.io/ops-port": "19090",
@@ -218,6 +218,7 @@ async def test_annotations_configure_the_sidecar() -> None:
     assert {"name": "SCOPEGATE_PROXY_LISTEN", "value": "0.0.0.0:18080"} in sidecar["env"]
     volumes = {v["name"]: v for v in result["spec"]["volumes"]}
     assert volumes["scopegate-config"]["configMap"] == {"name": "orders-gate"}
+    assert sidecar["envFrom"] == [{"secretRef": {"name": "orders-gate-env", "optional": True}}]
 
 
 async def test_a_port_clash_with_the_app_is_refused_with_the_annotation_to_set() -> None:
@@ -237,6 +238,7 @@ async def test_a_port_clash_with_the_app_is_refused_with_the_annotation_to_set()
     ("scopegate.io/upstream-port", "70000", "is not a port number"),
     ("scopegate.io/image", "evil image; rm -rf /", "is not an image reference"),
     ("scopegate.io/config", "Not_A_Name", "is not a ConfigMap name"),
+    ("scopegate.io/secret", "-bad-", "is not a Secret name"),
     ("scopegate.io/resources", "{cpu: 1}", "must be JSON"),
     ("scopegate.io/resources", '{"requests": {"cpu": 1}}', "is not a resource quantity"),
     ("scopegate.io/resources", '{"limits": {"memory": "lots"}}', "is not a resource quantity"),

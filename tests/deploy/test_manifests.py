@@ -169,7 +169,7 @@ def test_the_hand_written_sidecar_is_the_one_the_injector_adds() -> None:
     """deploy/kubernetes/base and `scopegate inject` must not drift: same image user, security, probes, mounts."""
     by_hand = sidecar("single")
     injected = sidecar_container(image=by_hand["image"], proxy_port=8080, ops_port=9090, core_port=8081, upstream_port=8000,
-                                 resources=by_hand["resources"], run_as_user=InjectorSettings().run_as_user, native=True)
+                                 secret="scopegate", resources=by_hand["resources"], run_as_user=InjectorSettings().run_as_user, native=True)
     for key in ("image", "args", "restartPolicy", "securityContext", "resources", "volumeMounts"):
         assert by_hand[key] == injected[key], key
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -177,6 +177,9 @@ def test_the_hand_written_sidecar_is_the_one_the_injector_adds() -> None:
         assert {k: v for k, v in by_hand[probe].items() if k != "httpGet"} == \
                {k: v for k, v in injected[probe].items() if k != "httpGet"}
     assert by_hand["ports"] == injected["ports"]
+    # The same Secret; optional for the injector, whose pods' configs may need none.
+    assert by_hand["envFrom"] == [{"secretRef": {"name": "scopegate"}}]
+    assert injected["envFrom"] == [{"secretRef": {"name": "scopegate", "optional": True}}]
     injected_env = {e["name"]: e["value"] for e in injected["env"]}
     hand_env = {e["name"]: e.get("value") for e in by_hand["env"]}
     assert injected_env.items() <= hand_env.items()
@@ -198,11 +201,9 @@ def test_shared_overlay_is_several_replicas_on_postgresql_with_secrets_from_the_
     assert deployment["spec"]["replicas"] >= 2
     assert one("shared", "PodDisruptionBudget")["spec"] == {
         "minAvailable": 2, "selector": deployment["spec"]["selector"]}
-    env = {e["name"]: e for e in sidecar("shared")["env"]}
-    assert env["SCOPEGATE_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "scopegate", "key": "dsn"}}
-    assert env["SCOPEGATE_ADMIN_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "scopegate", "key": "admin-token"}}
-    # The strategic merge added to the base's environment, it did not replace it.
-    assert {e["name"] for e in sidecar("single")["env"]} < set(env)
+    # The Secret's keys are the sidecar's environment; the explicit env cannot shadow the DSN or the token.
+    assert sidecar("shared")["envFrom"] == [{"secretRef": {"name": "scopegate"}}]
+    assert not {"SCOPEGATE_DSN", "SCOPEGATE_ADMIN_TOKEN"} & {e["name"] for e in sidecar("shared")["env"]}
     text = config_text("shared")
     assert "${SCOPEGATE_DSN}" in text and "${SCOPEGATE_ADMIN_TOKEN}" in text
     cfg = parse_config(text, "shared", {"SCOPEGATE_DSN": "postgresql://scopegate@db:5432/scopegate",
