@@ -702,7 +702,9 @@ class CoreSettings(Model):
     ``clientAuthFailureSourceLimit`` from one source address, whatever the client), /token, /introspect and
     /revoke answer 429 for that client and source (or that source) without checking credentials until the
     window has passed. Per address, because client ids are public: a global per-client lockout would let
-    anyone lock a real client out. 0 disables a limit. Kept in memory, per process.
+    anyone lock a real client out. 0 disables a limit. Kept in memory, per process. Attempts still being
+    checked count against the limits too, so concurrent guesses cannot exceed them; more concurrent
+    requests than a limit for one client from one address get 429 with ``Retry-After: 1``.
     """
 
     prune_interval: Duration = Field(default=300.0, gt=0)
