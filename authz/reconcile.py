@@ -113,7 +113,7 @@ def reconcile(store: Store, cfg: ScopegateConfig, now: float, syslog: SystemLog 
 
 
 def _secret_hash(secret: str, before: StoredObject | None) -> str:
-    if before is not None and before.secret_hash and verify_secret(secret, before.secret_hash):
+    if before is not None and before.secret_hash and verify_secret(secret, before.secret_hash, shed=False):
         return before.secret_hash
     return hash_secret(secret)
 
