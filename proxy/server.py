@@ -16,18 +16,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import uvicorn
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from authz.app import build_core_app
 from authz.context import CoreContext
 from authz.errors import ScopegateError
 from authz.feed import FeedPoller
 from authz.metrics import TokenMetrics
+from authz.passwords import configure_hashing, hashing_pool
 from authz.reconcile import reconcile
 from authz.revocation import RevocationState
 from authz.store import Change, Store, open_store
@@ -124,7 +127,9 @@ class Scopegate:
         except ScopegateError as exc:
             raise StartupError(exc.description or str(exc)) from None
         self.store = store
-        syslog = SystemLog(self.out)
+        # Password and secret hashing on a bounded pool of its own (issue 8 item 5).
+        configure_hashing(cfg.core.hashing_threads, cfg.core.hashing_queue)
+        syslog = SystemLog.from_settings(cfg.core, self.out)
         await asyncio.to_thread(reconcile, store, cfg, self.now(), syslog)
 
         keys = build_key_resolver(cfg, store)
@@ -144,6 +149,7 @@ class Scopegate:
 
         registry = CollectorRegistry()
         metrics = ProxyMetrics(registry)
+        registry.register(CoreShedding(syslog))
         self.proxy_app = ProxyApp(cfg, keys, revocation, metrics, log_stream=self.out, now=self.now)
         await self.proxy_app.startup()
 
@@ -301,6 +307,21 @@ class Scopegate:
             await self.keys.aclose()
         if self.store is not None:
             self.store.close()
+
+
+class CoreShedding(Collector):
+    """What the core refused to do under load (issue 8 items 5 and 7), so that no such decision is silent."""
+
+    def __init__(self, syslog: SystemLog) -> None:
+        self.syslog = syslog
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("scopegate_system_log_suppressed_events",
+                                  "FAILURE/DENY system-log events not written: their source was over core.failureEventRate.",
+                                  value=self.syslog.suppressed)
+        yield CounterMetricFamily("scopegate_hashing_shed",
+                                  "Password/secret checks refused: the hashing pool was saturated (core.hashingQueue).",
+                                  value=hashing_pool().shed)
 
 
 def _ping(store: Store) -> str | None:
