@@ -11,6 +11,9 @@ FROM ${BASE_IMAGE} AS build
 # The package index (a mirror, say); a CA bundle for it can come as the build secret "pip-ca", which is
 # mounted for the one RUN that needs it and never lands in a layer.
 ARG PIP_INDEX_URL=https://pypi.org/simple
+# Optional dependency groups of pyproject.toml: "postgres" (the driver for a shared PostgreSQL store, which
+# the Kubernetes "shared" overlay uses) by default; empty for SQLite only.
+ARG EXTRAS=postgres
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY config/ config/
@@ -20,9 +23,10 @@ COPY proxy/ proxy/
 # no compiler. pip itself is removed from the result: nothing installs anything at run time.
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && project=. && if [ -n "${EXTRAS}" ]; then project=".[${EXTRAS}]"; fi \
     && python3 -m venv /opt/scopegate \
     && /opt/scopegate/bin/pip install --no-cache-dir --disable-pip-version-check --only-binary=:all: \
-         --index-url "${PIP_INDEX_URL}" . \
+         --index-url "${PIP_INDEX_URL}" "${project}" \
     && /opt/scopegate/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
     && /opt/scopegate/bin/scopegate check
 
