@@ -32,9 +32,11 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-    "transfer-encoding", "upgrade", "content-length", "host",
+    "transfer-encoding", "upgrade", "content-length", "host", "expect",
 })
-"""RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host)."""
+"""RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host), and ``Expect``:
+the server already answered the client's 100-continue when the gate read the body, and forwarded, it made
+aiohttp hold the body until the upstream sent a 100 of its own (Envoy strips it too)."""
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
                             b"transfer-encoding", b"upgrade", b"date"})
 """Hop-by-hop response headers, and ``Date``: the server adds its own to every response, and a response

@@ -19,7 +19,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,18 @@ def framing_config(upstream_url: str) -> dict[str, Any]:
     }
 
 
-@dataclass
 class FramingGate:
-    process: RunningScopegate
-    upstream: RawUpstream
-    host: str
-    port: int
-    _tokens: dict[str, str] = field(default_factory=dict)
+    """The running process and its raw upstream (a plain class: hypothesis prints it with a failing example)."""
+
+    def __init__(self, process: RunningScopegate, upstream: RawUpstream, host: str, port: int) -> None:
+        self.process = process
+        self.upstream = upstream
+        self.host = host
+        self.port = port
+        self._tokens: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"FramingGate({self.process.proxy} -> {self.upstream.url})"
 
     def token(self, scope: str = "orders:read") -> str:
         if scope not in self._tokens:

@@ -196,3 +196,36 @@ async def test_request_smuggling_body_shorter_than_content_length_never_pooled()
         await app.shutdown()
         await keys.aclose()
         upstream.stop()
+
+
+# ---------------------------------------------------------------------------------------------- found by the property
+
+
+def test_request_smuggling_pipelined_parse_error_keeps_the_forwarded_request_allowed(framing_gate: FramingGate) -> None:
+    """A request pipelined behind a forwarded one fails to parse (``Transfer-Encoding: identity``): the forwarded one
+    is logged as the allowed request the upstream ran, not as a 500 denial after a write to a closed socket, and
+    no 400 is written where the first request's answer belongs."""
+    gate = framing_gate
+    since, cursor = len(gate.decisions()), gate.cursor()
+    data = request("GET", "/health/early/pipelined-a") + request("GET", "/health/early/pipelined-b",
+                                                                 [("Transfer-Encoding", "identity")])
+    got = exchange(gate, [data], expect=2)
+    gate.settle(cursor)
+    assert got.closed
+    assert [(d["path"], d["decision"], d["status"]) for d in gate.decisions()[since:]] == [
+        ("/health/early/pipelined-a", "allow", 200)]
+    assert check_invariant(gate, cursor, since, {}) == []
+
+
+def test_request_smuggling_expect_100_continue_is_not_forwarded(framing_gate: FramingGate) -> None:
+    """The server answers the client's ``Expect: 100-continue`` itself; forwarded, it made the proxy hold the body
+    until the upstream sent a 100 of its own (an upstream that never does stalled the request to a 504)."""
+    gate = framing_gate
+    since, cursor = len(gate.decisions()), gate.cursor()
+    got = exchange(gate, [request("POST", "/health/late/expect", [("Expect", "100-continue"), ("Content-Length", "5")]),
+                          b"hello"], pause=0.1, expect=2)
+    gate.settle(cursor)
+    assert [r.status for r in got.responses] == [100, 200], got.raw
+    ((_, stream),) = cursor.streams()
+    assert b"\r\nexpect:" not in stream.lower()
+    assert check_invariant(gate, cursor, since, {"/health/late/expect": 5}) == []
