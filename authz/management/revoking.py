@@ -65,9 +65,10 @@ def watermark_entry(mark: Watermark, before_seq: int, now: float) -> dict[str, A
 
 def refresh_tokens_for(store: Store, mark: Watermark) -> Iterator[RefreshToken]:
     """The live refresh tokens a watermark covers, to be marked REVOKED with it (the refresh grant then
-    answers ``invalid_grant`` even before it consults the watermark)."""
+    answers ``invalid_grant`` even before it consults the watermark). Rotated ones too: within their grace
+    period they still refresh, and a process whose feed lags would not see the watermark yet."""
     tokens = store.list_refresh_tokens(as_id=mark.as_id, client_id=mark.client_id, user_id=mark.user_id)
-    return (rt for rt in tokens if rt.status == "ACTIVE")
+    return (rt for rt in tokens if rt.status != "REVOKED")
 
 
 def has_access(app: dict[str, Any], user: dict[str, Any]) -> bool:

@@ -91,6 +91,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @dataclass
 class Core:
+    ctx: CoreContext
     store: Store
     client: httpx.AsyncClient
     revocation: RevocationState
@@ -114,10 +115,10 @@ class Core:
         return await self.client.post("/oauth2/orders/v1/revoke", auth=client,
                                       data={"token": refresh_token, "token_type_hint": "refresh_token"})
 
-    async def admin(self, method: str, path: str) -> httpx.Response:
+    async def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         response = await self.client.request(method, path, headers={"Authorization": f"SSWS {ADMIN}"},
-                                             json={} if method == "PUT" else None)
-        assert response.status_code in (200, 204), response.text
+                                             json=body if body is not None else {} if method == "PUT" else None)
+        assert response.status_code in (200, 201, 204), response.text
         return response
 
     def accepted(self, access_token: str) -> bool:
@@ -143,7 +144,7 @@ async def core(store_url: str) -> AsyncIterator[Core]:
     app = Starlette(routes=[*oauth_routes(ctx), *management_routes(ctx)],
                     exception_handlers={ScopegateError: handle_scopegate_error})
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=cfg.issuer) as client:
-        yield Core(store, client, revocation, poller)
+        yield Core(ctx, store, client, revocation, poller)
     issue.pause_hook = None
     store.close()
 
@@ -206,6 +207,13 @@ async def test_grant_in_flight_after_app_deactivation_is_refused(core: Core) -> 
     assert response.json()["error"] == "invalid_client"
 
 
+async def test_grant_in_flight_after_server_deactivation_is_refused(core: Core) -> None:
+    response = await Pause("client_credentials.before_mint").around(
+        core.cc(), core.admin("POST", "/api/v1/authorizationServers/orders/lifecycle/deactivate"))
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "invalid_request", "error_description": "The authorization server id is invalid."}
+
+
 async def test_grant_in_flight_after_group_unassignment_is_refused(core: Core) -> None:
     """Alice reaches the web client only through the engineering group; the group is unassigned while her
     password grant (which would also mint a refresh token) is in flight."""
@@ -239,6 +247,26 @@ async def test_refresh_after_unassignment_without_watermark_is_refused(core: Cor
     with core.store.transaction() as tx:
         tx.put_object("app", "web", document, app.origin)
     response = await core.refresh(first.json()["refresh_token"], ("web", WEB_SECRET))
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": "invalid_grant", "error_description": INVALID_REFRESH}
+
+
+async def test_rotated_refresh_token_in_grace_after_server_change_in_a_lagging_process_is_refused(core: Core) -> None:
+    """A rotated refresh token still refreshes within its grace period. A configuration change marks the
+    tokens its watermark covers REVOKED, the rotated ones included, so that a process whose change feed
+    lags behind (its revocation state does not have the watermark yet) refuses it as well."""
+    first = await core.password(("rot", ROT_SECRET))
+    assert first.status_code == 200, first.text
+    rotated = first.json()["refresh_token"]
+    assert (await core.refresh(rotated, ("rot", ROT_SECRET))).status_code == 200
+    lagging = CoreContext(config=core.ctx.config, store=core.store, syslog=SystemLog(stream=None),
+                          revocation=RevocationState({core.ctx.issuer_for("orders"): "orders"}))
+    lagging.revocation.apply(core.store.changes_since(0))
+    await core.admin("POST", "/api/v1/authorizationServers/orders/scopes", {"name": "orders:audit"})
+    app = Starlette(routes=oauth_routes(lagging), exception_handlers={ScopegateError: handle_scopegate_error})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=core.ctx.config.issuer) as other:
+        response = await other.post("/oauth2/orders/v1/token", auth=("rot", ROT_SECRET),
+                                    data={"grant_type": "refresh_token", "refresh_token": rotated})
     assert response.status_code == 400, response.text
     assert response.json() == {"error": "invalid_grant", "error_description": INVALID_REFRESH}
 
