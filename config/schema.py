@@ -193,7 +193,8 @@ class Route(Model):
     path: str
     """A segment-aligned prefix: ``/orders`` matches ``/orders`` and ``/orders/7``, never ``/ordersX``."""
     methods: list[str] | None = None
-    """``None`` matches every method."""
+    """``None`` matches every method but TRACE: a TRACE is matched only by a route that lists it, and is otherwise
+    405 (an upstream that echoes it would reflect the gate's identity headers). CONNECT is never forwarded (405)."""
     scopes: ScopeRequirement | None = None
     public: bool = False
 

@@ -229,3 +229,20 @@ def test_request_smuggling_expect_100_continue_is_not_forwarded(framing_gate: Fr
     ((_, stream),) = cursor.streams()
     assert b"\r\nexpect:" not in stream.lower()
     assert check_invariant(gate, cursor, since, {"/health/late/expect": 5}) == []
+
+
+def test_request_smuggling_body_cut_off_at_the_size_limit_closes_the_upstream_connection(framing_gate: FramingGate) -> None:
+    """A chunked body that grows past maxBodyBytes after its head was forwarded: 413, and the upstream connection
+    that carried the part already relayed is closed, never pooled with a request half sent."""
+    gate = framing_gate
+    since, cursor = len(gate.decisions()), gate.cursor()
+    head = request("POST", "/health/late/too-big", [("Transfer-Encoding", "chunked")])
+    chunk = b"%x\r\n%s\r\n" % (30000, b"z" * 30000)
+    got = exchange(gate, [head + chunk, chunk, chunk + b"0\r\n\r\n"], pause=0.1, expect=1)
+    after = exchange(gate, [request("GET", "/health/late/after-big")], expect=1)
+    gate.settle(cursor)
+    assert [r.status for r in got.responses][:1] == [413], got.raw
+    assert after.responses and after.responses[0].status == 200
+    big = [conn for conn, data in cursor.streams() if b"/health/late/too-big" in data]
+    assert all(conn.closed_by_peer for conn in big)
+    assert check_invariant(gate, cursor, since, {}) == []
