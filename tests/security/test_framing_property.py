@@ -4,7 +4,7 @@ log allowed (same method, same path, same body length, nothing extra).
 
 Hypothesis builds one or two client connections per example, each a run of requests sent pipelined in one
 write or one by one: Upgrade/Connection variants, Content-Length exact, short, long or repeated, chunked with
-and without trailers, Content-Length with Transfer-Encoding, odd Transfer-Encodings, bodies that hold a whole
+and without trailers, Content-Length with Transfer-Encoding, chunk extensions, a chunk cut short, odd Transfer-Encodings, bodies that hold a whole
 hidden request, Expect: 100-continue, a half-closed client, public paths the upstream answers before reading the
 body and paths it answers after, and a protected route with a read-only token asked to DELETE. The process and
 the upstream start once per module; every request path is unique, so an example's decision lines and upstream
@@ -40,7 +40,7 @@ UPGRADES: list[list[tuple[str, str]]] = [
      ("Sec-WebSocket-Key", "MDEyMzQ1Njc4OWFiY2RlZg==")],
 ]
 FRAMINGS = ["none", "cl", "cl-short", "cl-long", "cl-twice", "cl-signed", "chunked", "chunked-trailers",
-            "cl-and-te", "te-identity", "te-twice", "chunked-bad-size"]
+            "chunked-ext", "chunked-short", "cl-and-te", "te-identity", "te-twice", "chunked-bad-size"]
 ROUTES = ["early", "late", "orders-get", "orders-delete"]
 
 
@@ -119,13 +119,19 @@ def build(spec: Spec, token: str) -> Built:
         headers += [("Content-Length", str(len(body))), ("Content-Length", str(len(body) + 1))]
     elif framing == "cl-signed":
         headers.append(("Content-Length", f"+{len(body)}"))
-    elif framing in ("chunked", "chunked-trailers", "chunked-bad-size"):
+    elif framing in ("chunked", "chunked-trailers", "chunked-bad-size", "chunked-ext", "chunked-short"):
         headers.append(("Transfer-Encoding", "chunked"))
         size = b"%x" % len(body) if framing != "chunked-bad-size" else b"%x\n" % len(body)
-        wire_body = (size + b"\r\n" + body + b"\r\n" if body else b"") + b"0\r\n"
-        if framing == "chunked-trailers":
-            wire_body += b"X-Trailer: 1\r\nX-Scopegate-Subject: admin\r\n"
-        wire_body += b"\r\n"
+        if framing == "chunked-ext":
+            size += b";name=value"
+        if framing == "chunked-short":  # a chunk that promises more than it holds, and no last chunk
+            declared = len(body) + 5
+            wire_body = b"%x\r\n" % declared + body
+        else:
+            wire_body = (size + b"\r\n" + body + b"\r\n" if body else b"") + b"0\r\n"
+            if framing == "chunked-trailers":
+                wire_body += b"X-Trailer: 1\r\nX-Scopegate-Subject: admin\r\n"
+            wire_body += b"\r\n"
     elif framing == "cl-and-te":
         headers += [("Content-Length", str(len(body))), ("Transfer-Encoding", "chunked")]
     elif framing == "te-identity":
