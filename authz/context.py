@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from authz.authfailures import ClientAuthFailures
+from authz.lockout import SignInThrottle
 from config.schema import ScopegateConfig
 
 if TYPE_CHECKING:
@@ -37,9 +38,14 @@ class CoreContext:
     token_metrics: TokenMetrics | None = None
     """Tokens issued and denied, on the ops listener's registry (``authz/metrics.py``); none in unit tests."""
 
+    sign_in_throttle: SignInThrottle | None = None
+    """Failed sign-ins at the /authorize form per username and source (issue 8 item 5); from ``config.core``."""
+
     def __post_init__(self) -> None:
         if self.auth_failures is None:
             self.auth_failures = ClientAuthFailures.from_settings(self.config.core)
+        if self.sign_in_throttle is None:
+            self.sign_in_throttle = SignInThrottle.from_settings(self.config.core)
 
     def issuer_for(self, as_id: str) -> str:
         return self.config.issuer_for(as_id)

@@ -16,6 +16,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
 from authz.revocation import RevocationState
@@ -45,6 +46,11 @@ class FeedPoller:
         """Failed reads since start (the ops listener may export it)."""
         self._wake = asyncio.Event()
         self._stopped = False
+        # Issue 8 item 5: the feed never waits behind request work. The default executor (asyncio.to_thread)
+        # carries every store call of the core; a burst of wrong sign-in passwords (then hashed there too)
+        # queued the poller behind them until the state went stale (503 stale_revocation). Two threads of its
+        # own: one may block in wait_for_change (LISTEN) while the other applies a revoking request's poll_now.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="scopegate-feed")
 
     def poll_once(self) -> int:
         """Read and apply every change after ``state.last_seq``; returns how many were read.
@@ -97,20 +103,27 @@ class FeedPoller:
             self._log(f"change feed readable again after {self.failures} failed reads")
         return count
 
+    async def _in_feed_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
     async def poll_now(self) -> None:
         """Apply the feed now (after a revoking commit); never raises."""
-        await asyncio.to_thread(self._poll_logged)
+        await self._in_feed_thread(self._poll_logged)
 
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+
+    def close(self) -> None:
+        """Release the feed's threads (after ``stop``; a blocked ``wait_for_change`` ends within its timeout)."""
+        self._executor.shutdown(wait=False)
 
     async def run(self) -> None:
         """Poll until ``stop()`` or cancellation; wakes early on ``wait_for_change`` when the store has it."""
         self._stopped = False
         self._wake = asyncio.Event()
         while not self._stopped:
-            await asyncio.to_thread(self._poll_logged)
+            await self._in_feed_thread(self._poll_logged)
             if self._stopped:
                 break
             await self._wait()
@@ -119,7 +132,7 @@ class FeedPoller:
         waiter: Callable[[float], Any] | None = getattr(self.store, "wait_for_change", None)
         if waiter is not None and not self._failing:
             try:
-                await asyncio.to_thread(waiter, self.interval)
+                await self._in_feed_thread(waiter, self.interval)
                 return
             except Exception as exc:  # fall back to plain polling for this round
                 self._log(f"wait_for_change failed, polling instead: {exc}")

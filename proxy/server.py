@@ -301,6 +301,8 @@ class Scopegate:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+        if self.poller is not None:
+            self.poller.close()
         if self.proxy_app is not None:
             await self.proxy_app.shutdown()
         if self.keys is not None:

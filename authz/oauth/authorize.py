@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from authz.context import CoreContext
 from authz.errors import OAuthError
+from authz.lockout import Refusal
 from authz.model import App, User, find_user_by_login, get_app, get_server, is_assigned
 from authz.oauth.audit import Audit, record_failure
 from authz.oauth.common import DUPLICATE_PARAMS, INVALID_AS, Endpoint, client_info, in_thread, single_values
@@ -28,14 +29,16 @@ from authz.oauth.login_form import (
     FORM_LIFETIME,
     check_form_token,
     form_key,
+    form_token_id,
     make_form_token,
     new_browser_nonce,
     render_error_page,
     render_login,
 )
-from authz.passwords import token_hash, verify_secret
+from authz.passwords import HashingBusy, averify_secret, token_hash
 from authz.policy import Principal, evaluate, format_list, require_match, resolve_scopes, user_not_assigned
 from authz.store.base import AuthorizationCode
+from authz.syslog import make_event
 from authz.tokens import CODE_LIFETIME, new_opaque
 from config.schema import AuthorizationServerConfig
 
@@ -48,6 +51,9 @@ S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 """RFC 7636 §4.2: code_challenge = BASE64URL-ENCODE(SHA256(ASCII(code_verifier))): 43 unpadded characters."""
 MALFORMED_CHALLENGE = "The 'code_challenge' parameter must be the BASE64URL-encoded SHA-256 of the code verifier."
 FORM_EXPIRED = "The sign-in form expired or was not loaded from this server. Please sign in again."
+FORM_USED = "This sign-in form was already submitted. Please sign in again."
+TOO_MANY_ATTEMPTS = "Too many failed sign-in attempts. Please try again later."
+BUSY_PAGE = "The server is busy. Please try again in a moment."
 
 
 class ErrorPage(Exception):
@@ -207,7 +213,7 @@ def authorize_endpoint(ctx: CoreContext) -> Endpoint:
 
 
 async def show_form(ctx: CoreContext, request: Request, req: AuthorizeRequest, error: str | None = None,
-                    status_code: int = 200) -> Response:
+                    status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     keys = await in_thread(ctx.store.list_signing_keys, req.server.id)
     nonce = request.cookies.get(COOKIE_NAME) or new_browser_nonce()
     token = make_form_token(form_key(keys), req.params, nonce, ctx.now())
@@ -217,29 +223,90 @@ async def show_form(ctx: CoreContext, request: Request, req: AuthorizeRequest, e
     response = HTMLResponse(html, status_code=status_code, headers={
         "Cache-Control": "no-store", "X-Frame-Options": "DENY",
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                                   "frame-ancestors 'none'"})
+                                   "frame-ancestors 'none'", **(headers or {})})
     response.set_cookie(COOKIE_NAME, nonce, max_age=FORM_LIFETIME, path=request.url.path, httponly=True,
                         samesite="lax", secure=ctx.config.issuer.startswith("https://"))
     return response
 
 
+def spend_form_token(ctx: CoreContext, req: AuthorizeRequest, token: str) -> bool:
+    """False if this form token was already posted (issue 8 item 5: a sign-in form token is single-use)."""
+    token_id, expires_at = form_token_id(token)
+    return ctx.store.use_assertion_jti(req.app.client_id, token_id, expires_at)
+
+
+def sign_in_actor(username: str, user: User | None) -> dict[str, Any]:
+    if user is not None:
+        return {"id": user.id, "type": "User", "alternateId": user.login, "displayName": user.login}
+    # Okta names an unknown user by what was typed; the system log bounds its length.
+    return {"id": "unknown", "type": "User", "alternateId": username, "displayName": "Unknown"}
+
+
+def record_sign_in_failure(ctx: CoreContext, audit: Audit, username: str, user: User | None, locked: bool) -> None:
+    """A wrong username or password: the authorize FAILURE, Okta's ``user.session.start`` FAILURE
+    (INVALID_CREDENTIALS) and, when this failure reached the limit, ``user.account.lock``."""
+    throttle = ctx.sign_in_throttle
+    assert throttle is not None
+    now = ctx.now()
+    with ctx.store.transaction() as tx:
+        ctx.syslog.record(tx, audit.failure(OAuthError("access_denied", SIGN_IN_FAILED, reason="invalid_credentials"),
+                                            now))
+        ctx.syslog.record(tx, make_event(
+            "user.session.start", now=now, result="FAILURE", reason="INVALID_CREDENTIALS", severity="WARN",
+            display_message="User login to Okta", actor=sign_in_actor(username, user), client=audit.client_part(),
+            debug_data={"requestUri": f"/oauth2/{audit.as_id}/v1/authorize"}))
+        if locked and user is not None:
+            ctx.syslog.record(tx, make_event(
+                "user.account.lock", now=now, severity="WARN", display_message="Max sign in attempts exceeded",
+                actor=sign_in_actor(username, user), client=audit.client_part(),
+                targets=[{"id": user.id, "type": "User", "alternateId": user.login, "displayName": user.login}],
+                debug_data={"failures": throttle.limit, "window_seconds": throttle.window,
+                            "unlock": "automatic, when the oldest failure leaves the window"}))
+
+
+def record_sign_in_refused(ctx: CoreContext, audit: Audit, username: str, refusal: Refusal) -> None:
+    """An attempt refused without a password check: ``user.session.start`` FAILURE, LOCKED_OUT (the username)
+    or RATE_LIMITED (the source address)."""
+    now = ctx.now()
+    user = find_user_by_login(ctx.store, username) if username else None
+    reason = "LOCKED_OUT" if refusal.scope == "user" else "RATE_LIMITED"
+    with ctx.store.transaction() as tx:
+        ctx.syslog.record(tx, make_event(
+            "user.session.start", now=now, result="FAILURE", reason=reason, severity="WARN",
+            display_message="User login to Okta", actor=sign_in_actor(username, user), client=audit.client_part(),
+            debug_data={"requestUri": f"/oauth2/{audit.as_id}/v1/authorize", "throttled_by": refusal.scope,
+                        "retry_after_seconds": refusal.retry_after}))
+
+
 async def sign_in(ctx: CoreContext, request: Request, req: AuthorizeRequest, raw: dict[str, str],
                   audit: Audit) -> Response:
     keys = await in_thread(ctx.store.list_signing_keys, req.server.id)
-    if not check_form_token(form_key(keys), raw.get("form_token", ""), req.params, request.cookies.get(COOKIE_NAME),
-                            ctx.now()):
+    form_token = raw.get("form_token", "")
+    if not check_form_token(form_key(keys), form_token, req.params, request.cookies.get(COOKIE_NAME), ctx.now()):
         return await show_form(ctx, request, req, FORM_EXPIRED, status_code=400)
+    if not await in_thread(spend_form_token, ctx, req, form_token):
+        return await show_form(ctx, request, req, FORM_USED, status_code=400)
     username, secret = raw.get("username", ""), raw.get("password", "")
-
-    def authenticate() -> User | None:
-        user = find_user_by_login(ctx.store, username) if username else None
-        valid = verify_secret(secret, user.secret_hash if user is not None else None)
-        return user if user is not None and valid else None
-
-    user = await in_thread(authenticate)
-    if user is None:
-        await in_thread(record_failure, ctx, audit, OAuthError("access_denied", SIGN_IN_FAILED,
-                                                               reason="invalid_credentials"))
+    throttle = ctx.sign_in_throttle
+    assert throttle is not None  # CoreContext.__post_init__
+    source = request.client.host if request.client else None
+    attempt = throttle.begin(username, source, ctx.now())
+    if isinstance(attempt, Refusal):
+        await in_thread(record_sign_in_refused, ctx, audit, username, attempt)
+        return await show_form(ctx, request, req, TOO_MANY_ATTEMPTS, status_code=429,
+                               headers={"Retry-After": str(attempt.retry_after)})
+    failed = False
+    try:
+        user = await in_thread(find_user_by_login, ctx.store, username) if username else None
+        # On the hashing pool, from the event loop: no other thread waits while scrypt runs.
+        valid = await averify_secret(secret, user.secret_hash if user is not None else None)
+        failed = user is None or not valid
+    except HashingBusy as busy:
+        return await show_form(ctx, request, req, BUSY_PAGE, status_code=429, headers=busy.extra_headers)
+    finally:
+        locked = throttle.finish(attempt, failed=failed, now=ctx.now())
+    if user is None or not valid:
+        await in_thread(record_sign_in_failure, ctx, audit, username, user, locked)
         return await show_form(ctx, request, req, SIGN_IN_FAILED, status_code=401)
     code = await in_thread(grant_code, ctx, req, user, audit)
     return redirect_with(req, {"code": code})

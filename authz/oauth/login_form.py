@@ -3,7 +3,8 @@
 The form posts back to ``/authorize`` with every authorize parameter as a hidden field, plus a form
 token: an HMAC over the parameters, an expiry and a random value that is also set as an HttpOnly
 cookie on the page that shows the form (double submit). A POST is accepted only from a browser that
-loaded the form for exactly these parameters within ``FORM_LIFETIME`` seconds; a cross-site page can
+loaded the form for exactly these parameters within ``FORM_LIFETIME`` seconds, and only once per shown
+form (the token is single-use, remembered in the store with the client-assertion ``jti``s); a cross-site page can
 neither read the token nor set the cookie, and cannot change a parameter without breaking the HMAC.
 The HMAC key is derived from the AS's ACTIVE signing key, so every replica sharing the store agrees.
 
@@ -37,24 +38,42 @@ def new_browser_nonce() -> str:
     return secrets.token_urlsafe(18)
 
 
-def _mac(key: bytes, params: Mapping[str, str], browser_nonce: str, exp: int) -> str:
+def _mac(key: bytes, params: Mapping[str, str], browser_nonce: str, exp: int, salt: str) -> str:
     canonical = json.dumps(sorted(params.items()), separators=(",", ":"))
-    digest = hmac.new(key, f"{exp}\n{browser_nonce}\n{canonical}".encode(), hashlib.sha256).digest()
+    digest = hmac.new(key, f"{exp}\n{salt}\n{browser_nonce}\n{canonical}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def make_form_token(key: bytes, params: Mapping[str, str], browser_nonce: str, now: float) -> str:
+    """``exp.salt.mac``. The random salt makes every shown form's token distinct, so that a token can be
+    spent once (``form_token_id``) without spending the one the next form shows in the same second."""
     exp = int(now) + FORM_LIFETIME
-    return f"{exp}.{_mac(key, params, browser_nonce, exp)}"
+    salt = secrets.token_urlsafe(12)
+    return f"{exp}.{salt}.{_mac(key, params, browser_nonce, exp, salt)}"
 
 
 def check_form_token(key: bytes, token: str, params: Mapping[str, str], browser_nonce: str | None, now: float) -> bool:
     if not browser_nonce:
         return False
-    exp_text, _, mac = token.partition(".")
-    if not exp_text.isdigit() or int(exp_text) < now:
+    exp_text, salt, mac = form_token_parts(token)
+    if not exp_text.isdigit() or int(exp_text) < now or not salt:
         return False
-    return hmac.compare_digest(mac, _mac(key, params, browser_nonce, int(exp_text)))
+    return hmac.compare_digest(mac, _mac(key, params, browser_nonce, int(exp_text), salt))
+
+
+def form_token_parts(token: str) -> tuple[str, str, str]:
+    exp_text, _, rest = token[:256].partition(".")
+    salt, _, mac = rest.partition(".")
+    return exp_text, salt, mac
+
+
+def form_token_id(token: str) -> tuple[str, float]:
+    """The single-use key of a checked form token and until when it must be remembered (its expiry).
+
+    Issue 8 item 5: a form POST could be replayed for as long as the token lived, each replay costing a
+    scrypt; now the token is spent when the POST is read, whatever its outcome, and a replay is refused."""
+    exp_text, _, mac = form_token_parts(token)
+    return f"sign-in-form:{mac}", float(exp_text)
 
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:24rem;margin:4rem auto;padding:0 1rem}"
@@ -91,5 +110,5 @@ def render_error_page(error: str, description: str) -> str:
     )
 
 
-__all__ = ["COOKIE_NAME", "FORM_LIFETIME", "check_form_token", "form_key", "make_form_token", "new_browser_nonce",
-           "render_error_page", "render_login"]
+__all__ = ["COOKIE_NAME", "FORM_LIFETIME", "check_form_token", "form_key", "form_token_id", "make_form_token",
+           "new_browser_nonce", "render_error_page", "render_login"]
