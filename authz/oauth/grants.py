@@ -15,7 +15,7 @@ from dataclasses import replace
 from authz.clientauth import AuthenticatedClient
 from authz.context import CoreContext
 from authz.errors import OAuthError
-from authz.model import User, find_user_by_login, is_assigned
+from authz.model import User, is_assigned
 from authz.oauth.audit import Audit, RecordedOAuthError
 from authz.oauth.issue import (
     CurrentState,
@@ -27,7 +27,8 @@ from authz.oauth.issue import (
     revoke_refresh_chain,
     wants_refresh,
 )
-from authz.passwords import token_hash, verify_secret
+from authz.oauth.password_grant_throttle import check_user_password
+from authz.passwords import token_hash
 from authz.policy import Principal, evaluate, require_match, resolve_scopes, user_not_assigned
 from authz.store.base import AuthorizationCode, StoreTx
 from config.schema import AuthorizationServerConfig, RuleConfig
@@ -90,9 +91,9 @@ def password(ctx: CoreContext, server: AuthorizationServerConfig, client: Authen
     """Spec §3.5: evaluated at /token; a refresh token when offline_access is granted."""
     resolve_scopes(server, form.get("scope"), "password")  # step 7 comes before the credentials (step 8)
     username, secret = form.get("username", ""), form.get("password", "")
-    user = find_user_by_login(ctx.store, username) if username else None
-    valid = verify_secret(secret, user.secret_hash if user is not None else None)
-    if user is None or not valid:
+    # Throttled with the sign-in form's per-username and per-source counts (issue 8 item 5).
+    user = check_user_password(ctx, username, secret, audit)
+    if user is None:
         raise OAuthError("invalid_grant", BAD_CREDENTIALS, reason="invalid_credentials")
     audit.user = user
     if not user.is_active:

@@ -25,7 +25,7 @@ from authz.feed import FeedPoller
 from authz.passwords import HashingBusy, HashingPool, configure_hashing, hashing_pool, verify_secret
 from authz.revocation import RevocationState
 from authz.store.sqlite import SqliteStore
-from tests.authz.oauth_kit import BASE_CONFIG, ISSUER, PASSWORD, Core, build_core, read_form
+from tests.authz.oauth_kit import BASE_CONFIG, ISSUER, PASSWORD, WEB_SECRET, Core, build_core, read_form
 from tests.clock import Clock
 from tests.security.as_kit import authorize_url, redirect_params
 
@@ -120,6 +120,21 @@ class TestLockout:
         refused = await attempt(core, username="bob@example.com", password=PASSWORD)
         assert refused.status_code == 429
         assert len(session_failures(core, "RATE_LIMITED")) == 1
+
+    async def test_sign_in_lockout_shared_with_the_password_grant(self, core: Core) -> None:
+        """Wrong passwords through the password grant count toward the same lockout: the grant then answers
+        spec §2.6's per-user rate limit (429 invalid_grant, Retry-After), and the form refuses the user too."""
+        for _ in range(3):
+            wrong = await core.token({"grant_type": "password", "scope": "openid", "username": ALICE,
+                                      "password": "wrong-password"}, auth=("web", WEB_SECRET))
+            assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+        refused = await core.password()
+        assert refused.status_code == 429
+        assert refused.json() == {"error": "invalid_grant",
+                                  "error_description": "API call exceeded rate limit due to too many requests."}
+        assert int(refused.headers["retry-after"]) >= 1
+        assert len(core.events("user.account.lock")) == 1
+        assert (await attempt(core, password=PASSWORD)).status_code == 429
 
     async def test_sign_in_lockout_counts_attempts_in_flight(self, core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
         """A concurrent burst for one username gets at most the limit's password checks, not one per request."""
