@@ -27,7 +27,7 @@ from tests.e2e.test_proxy_gate import SECRET, bearer, config, token
 pytestmark = pytest.mark.e2e
 
 REDIRECT = "https://app.example.com/callback"
-FLOOD_SECONDS = 4.0
+FLOOD_SECONDS = 3.0
 BURST = 320
 
 
