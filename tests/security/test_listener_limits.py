@@ -12,14 +12,14 @@ import contextlib
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningScopegate, scopegate  # noqa: F401 (the fixture that starts the process)
+from tests.e2e.conftest import RunningScopegate, launch
 from tests.e2e.test_process import demo_config
 
 pytestmark = pytest.mark.e2e
@@ -81,9 +81,13 @@ def wait_closed(sock: socket.socket, limit: float) -> tuple[float, bytes]:
     return time.monotonic() - started, data
 
 
-@pytest.fixture
-def running(scopegate: Callable[..., RunningScopegate], tmp_path: Path) -> RunningScopegate:
-    return scopegate(config(tmp_path))
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningScopegate]:
+    """One process for the module: every test opens its own connections and leaves none behind."""
+    tmp_path = tmp_path_factory.mktemp("listener-limits")
+    gate = launch(tmp_path, config(tmp_path))
+    yield gate
+    assert gate.stop() == 0
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
@@ -158,13 +162,12 @@ def test_a_healthy_client_is_served_after_the_limits(running: RunningScopegate) 
     assert httpx.get(f"{gate.proxy}/api/public", headers=near_limit).status_code in (200, 404)
 
 
-def test_connections_over_the_listener_cap_are_refused(scopegate: Callable[..., RunningScopegate],
-                                                       tmp_path: Path) -> None:
+def test_connections_over_the_listener_cap_are_refused(tmp_path: Path) -> None:
     """listen.maxConnections: past the cap a new connection gets 503 and is closed; below it, service resumes."""
     doc = config(tmp_path)
     doc["proxy"]["limits"]["readTimeout"] = "20s"
     doc["listen"] = {"maxConnections": {"ops": 3}}
-    gate = scopegate(doc)
+    gate = launch(tmp_path, doc)
     held = [socket.create_connection(address(gate.ops)) for _ in range(3)]
     try:
         time.sleep(0.3)  # accepted by the server
@@ -177,3 +180,4 @@ def test_connections_over_the_listener_cap_are_refused(scopegate: Callable[..., 
     finally:
         for sock in held:
             sock.close()
+        gate.stop()
