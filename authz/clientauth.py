@@ -45,6 +45,7 @@ AUTH_FAILED = "Client authentication failed. Either the client or the client cre
 BAD_BASIC = "Found Authentication header but was not valid client credentials."
 ASSERTION_USED = "The client_assertion token has already been used."
 ASSERTION_AUDIENCE = "The audience claim for client_assertion must be the endpoint invoked for the request."
+"""Okta's string; the issuer identifier is accepted as well (``accepted_audiences``)."""
 ASSERTION_TOO_LONG = "The client_assertion token has an expiration too far into the future."
 ASSERTION_INVALID = "The client_assertion token is invalid."
 
@@ -135,8 +136,12 @@ def named_client_id(authorization: str | None, form: Mapping[str, str]) -> str |
 
 
 def authenticate_client(store: Store, *, authorization: str | None, form: Mapping[str, str],
-                        query: Mapping[str, str], endpoint_url: str, now: float) -> AuthenticatedClient:
-    """Authenticate the caller of a back-channel endpoint or raise ``invalid_client`` / ``invalid_request``."""
+                        query: Mapping[str, str], endpoint_url: str, now: float,
+                        issuer: str | None = None) -> AuthenticatedClient:
+    """Authenticate the caller of a back-channel endpoint or raise ``invalid_client`` / ``invalid_request``.
+
+    ``issuer`` is the identifier of the AS the endpoint belongs to: a ``private_key_jwt`` assertion may name
+    it as its audience (``accepted_audiences``)."""
     if any(p in query for p in _CREDENTIAL_PARAMS):
         raise OAuthError("invalid_request", QUERY_CREDENTIALS, reason="credentials_in_query")
     basic = authorization is not None and authorization.strip().lower().startswith("basic")
@@ -159,7 +164,7 @@ def authenticate_client(store: Store, *, authorization: str | None, form: Mappin
             raise invalid_client(NO_CREDENTIALS, reason="no_credentials")
         return _by_secret(store, client_id, form["client_secret"], "client_secret_post")
     if assertion:
-        return _by_assertion(store, form, endpoint_url, now)
+        return _by_assertion(store, form, endpoint_url, now, issuer)
     client_id = form.get("client_id", "")
     if not client_id:
         raise invalid_client(NO_CREDENTIALS, basic=True, reason="no_credentials")
@@ -186,8 +191,37 @@ def _by_secret(store: Store, client_id: str, secret: str, method: str) -> Authen
     return AuthenticatedClient(app, method)
 
 
-def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now: float) -> AuthenticatedClient:
-    """RFC 7523 §3 with spec §2.5's rules: iss = sub = client_id, aud = the endpoint, exp ≤ 1 h, jti single-use."""
+def accepted_audiences(endpoint_url: str, issuer: str | None) -> frozenset[str]:
+    """What an assertion's ``aud`` may name at ``endpoint_url`` (issue 10 item 2).
+
+    - the URL of the endpoint called (spec §2.5, Okta's rule);
+    - this AS's issuer identifier (draft-ietf-oauth-rfc7523bis §4, FAPI 2.0: what openid-client and
+      oauth4webapi send, and the audience-confusion fix: an assertion for one AS cannot be played at another);
+    - at /introspect and /revoke, this AS's token endpoint too (RFC 7523 §3: "the token endpoint URL of the
+      authorization server MAY be used as a value for an aud element"; some clients send it everywhere).
+    Nothing else: not another AS's issuer or endpoints, not the org-level ``/oauth2/v1/...`` family.
+    """
+    accepted = {endpoint_url}
+    if issuer is not None:
+        accepted |= {issuer, f"{issuer}/v1/token"}
+    return frozenset(accepted)
+
+
+def assertion_audience_ok(aud: Any, accepted: frozenset[str]) -> bool:
+    """RFC 7519 §4.1.3 allows a string or an array. An array passes only if it is non-empty and *every* value
+    is acceptable: a foreign value means the assertion was also meant for (and may have been shown to)
+    another party, which is exactly the audience confusion this check exists for."""
+    if isinstance(aud, str):
+        return aud in accepted
+    if isinstance(aud, list) and aud and len(aud) <= len(accepted):
+        return all(isinstance(a, str) and a in accepted for a in aud)
+    return False
+
+
+def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now: float,
+                  issuer: str | None = None) -> AuthenticatedClient:
+    """RFC 7523 §3 with spec §2.5's rules: iss = sub = client_id, aud = the endpoint or the issuer
+    (``accepted_audiences``), exp ≤ 1 h, jti single-use."""
     if form.get("client_assertion_type") != JWT_BEARER or not form.get("client_assertion"):
         raise invalid_client(AUTH_FAILED, reason="invalid_client_assertion_type")
     token = form["client_assertion"]
@@ -222,9 +256,7 @@ def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now:
             continue
     if claims is None:
         raise invalid_client(ASSERTION_INVALID, reason="invalid_client_assertion")
-    aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    if endpoint_url not in audiences:
+    if not assertion_audience_ok(claims.get("aud"), accepted_audiences(endpoint_url, issuer)):
         raise invalid_client(ASSERTION_AUDIENCE, reason="invalid_client_assertion_audience")
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or exp + ASSERTION_LEEWAY <= now:
@@ -245,5 +277,5 @@ def _by_assertion(store: Store, form: Mapping[str, str], endpoint_url: str, now:
     return AuthenticatedClient(app, "private_key_jwt")
 
 
-__all__ = ["JWT_BEARER", "AuthenticatedClient", "authenticate_client", "invalid_client", "named_client_id",
+__all__ = ["JWT_BEARER", "AuthenticatedClient", "accepted_audiences", "assertion_audience_ok", "authenticate_client", "invalid_client", "named_client_id",
            "parse_basic"]

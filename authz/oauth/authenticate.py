@@ -41,10 +41,13 @@ async def authenticate(ctx: CoreContext, request: Request, form: dict[str, str],
     wait = failures.reserve(client_id, source, now)
     if wait is not None:
         raise rate_limited(wait, failures.limit, now)
+    as_id = request.path_params.get("as_id")
+    issuer = ctx.issuer_for(as_id) if isinstance(as_id, str) else None
     failed = False
     try:
         return await in_thread(lambda: authenticate_client(ctx.store, authorization=authorization, form=form,
-                                                           query=query, endpoint_url=endpoint_url, now=now))
+                                                           query=query, endpoint_url=endpoint_url, now=now,
+                                                           issuer=issuer))
     except OAuthError as exc:
         failed = exc.error == "invalid_client"
         raise
