@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from starlette.applications import Starlette
@@ -18,6 +22,58 @@ class Check:
 
     name: str
     probe: Callable[[], str | None]
+
+
+class BackgroundCheck:
+    """A readiness condition whose probe blocks (the store's ping): it runs on a thread of its own every
+    ``interval``, given ``deadline`` seconds to answer, and ``/readyz`` reads the last result, never waiting
+    on the probe (issue 12: a ping on the event loop froze every listener while the network to PostgreSQL
+    black-holed). What ``/readyz`` says is generic ("unavailable"); the detail goes to ``log`` once per
+    change of state."""
+
+    def __init__(self, name: str, probe: Callable[[], Any], interval: float, deadline: float,
+                 log: TextIO | None = sys.stderr) -> None:
+        self.name = name
+        self._probe = probe
+        self.interval = interval
+        self.deadline = deadline
+        self._log = log
+        self.problem: str | None = "not checked yet"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scopegate-{name}-check")
+        self._pending: asyncio.Future[Any] | None = None
+
+    def check(self) -> Check:
+        return Check(self.name, lambda: self.problem)
+
+    async def run_once(self) -> None:
+        # A probe still blocked from the last round is waited on again, never doubled up.
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().run_in_executor(self._executor, self._probe)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._pending), self.deadline)
+        except TimeoutError:
+            self._set(f"no answer within {self.deadline:g}s", "the check is still waiting")
+        except Exception as exc:
+            self._set("unavailable", str(exc) or type(exc).__name__)
+        else:
+            self._set(None, None)
+
+    def _set(self, problem: str | None, detail: str | None) -> None:
+        before, self.problem = self.problem, problem
+        if self._log is None or (before is None) == (problem is None):
+            return
+        if problem is None:
+            print(f"scopegate: readiness: {self.name} ok again", file=self._log, flush=True)
+        else:
+            print(f"scopegate: readiness: {self.name} {problem}: {detail}", file=self._log, flush=True)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.run_once()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette:

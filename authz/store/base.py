@@ -271,8 +271,11 @@ class Store(StoreTx, Protocol):
         older than ``log_retention`` seconds (None keeps them all); returns rows removed."""
 
 
-def open_store(url: str) -> Store:
-    """Open the store named by a config ``store`` URL; raise StoreError with one clear line on failure."""
+def open_store(url: str, timeout: float | None = None) -> Store:
+    """Open the store named by a config ``store`` URL; raise StoreError with one clear line on failure.
+
+    ``timeout`` (``storeTimeout``, seconds) bounds every PostgreSQL statement and connection attempt (None:
+    the default, 1 s); SQLite, a local file, keeps its busy timeout."""
     from authz.store.errors import StoreError
 
     if url.startswith("sqlite://"):
@@ -284,7 +287,7 @@ def open_store(url: str) -> Store:
             from authz.store.postgres import PostgresStore
         except ImportError as exc:  # psycopg is the optional 'postgres' extra
             raise StoreError(f"store {url!r} needs the PostgreSQL driver: pip install 'scopegate[postgres]' ({exc})") from exc
-        return PostgresStore(url)
+        return PostgresStore(url) if timeout is None else PostgresStore(url, timeout)
     raise StoreError(f"store {url!r}: unknown scheme; use sqlite:///path or postgresql://user@host:port/db")
 
 

@@ -14,14 +14,38 @@ Two things make that feed safe here that SQLite gets for free from its single wr
 Connections: one per thread, in autocommit mode, with explicit ``BEGIN``/``COMMIT`` around every write
 (so a read never leaves a session idle in transaction). ``?schema=name`` in the URL puts every table
 in that schema (created if missing): several stores, or tests, can share one database.
+
+Deadlines (issue 12: a black-holed network must never freeze a caller). Every statement and every
+connection attempt has one, ``timeout`` (the config's ``storeTimeout``, 1 s by default):
+
+- the server cancels a statement past it (``statement_timeout``), so a lock wait ends and frees its locks,
+  and ends a session left idle in a transaction (``idle_in_transaction_session_timeout``, 10x, at least
+  10 s) so that a replica cut off mid-transaction never holds the feed's lock for long;
+- the client gives up at the same deadline even when the server never answers (a partition, a silently
+  dead node: no RST, and a statement timeout needs the server to see the statement): a watchdog thread
+  shuts the connection's socket down, the blocked call fails with StoreError and the connection is
+  rebuilt on next use. A connection attempt is waited for at most ``timeout`` too;
+- TCP keepalives and ``tcp_user_timeout`` make the kernel drop a connection whose peer vanished while
+  it was idle (these and ``connect_timeout`` can be overridden as query parameters of the store URL).
+
+After a deadline or a failed connection attempt (a lost connection alone is reopened on next use) the store is *down*: calls
+fail at once with StoreError, except one trial every ``RETRY_INTERVAL_SECONDS`` (the revocation feed
+polls often enough to be that trial), so that an outage costs callers no waiting and the first call
+that succeeds ends it. Nothing is retried: a write that failed may or may not have been committed
+when its COMMIT was the statement cut off (see the README, "Storage").
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import socket
+import sys
 import threading
-from collections.abc import Sequence
-from contextlib import suppress
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,8 +57,67 @@ from authz.store.errors import StoreConflict, StoreError
 from authz.store.sql import Cursor, SqlStore, SqlTx
 
 CHANGES_CHANNEL = "scopegate_changes"
-CONNECT_TIMEOUT_SECONDS = 10
+DEFAULT_TIMEOUT_SECONDS = 1.0
+MIGRATION_TIMEOUT_SECONDS = 30.0
+"""Opening the store migrates it under a lock another replica may hold while it migrates: longer than a call."""
+RETRY_INTERVAL_SECONDS = 0.25
+"""While the store is down, one call per interval is let through to find out whether it is back."""
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _cut(fd: int) -> None:
+    """Shut down the socket behind ``fd``: a thread blocked reading it wakes with EOF, and libpq marks the
+    connection bad. A duplicate descriptor, so that the connection's own descriptor is never closed here."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    with sock, suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread that cuts the connection of any statement past its deadline (``arm`` / ``disarm``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, int]] = {}
+        self._next_key = 0
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def arm(self, fd: int, seconds: float) -> int:
+        with self._cond:
+            self._next_key += 1
+            self._armed[self._next_key] = (time.monotonic() + seconds, fd)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="scopegate-store-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next_key
+
+    def disarm(self, key: int) -> bool:
+        """True when the deadline had passed and the connection was cut."""
+        with self._cond:
+            return self._armed.pop(key, None) is None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                for key, (deadline, fd) in list(self._armed.items()):
+                    if deadline <= now:
+                        # Cut while still armed, under the lock: the owner has not disarmed, so the
+                        # connection (and its descriptor) is still open.
+                        del self._armed[key]
+                        _cut(fd)
+                soonest = min((deadline for deadline, _ in self._armed.values()), default=None)
+                self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
 
 
 def _masked(url: str) -> str:
@@ -73,46 +156,168 @@ class PostgresStore(SqlStore):
 
     for_update = " FOR UPDATE"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         super().__init__(url)
         self.display_url = _masked(url)
         self._conninfo, self.schema = split_schema(url)
+        if not timeout > 0:
+            raise StoreError(f"store {self.display_url}: the store timeout must be greater than 0, got {timeout!r}")
+        self.timeout = timeout
+        """The deadline of every statement and connection attempt, in seconds (``storeTimeout``)."""
         self._local = threading.local()
         self._connections: list[psycopg.Connection[Any]] = []
         self._registry = threading.Lock()
         self._closed = False
         self._listener: psycopg.Connection[Any] | None = None
         self._listen_lock = threading.Lock()
+        self._watchdog = _Watchdog()
+        self._health = threading.Lock()
+        self._down_since: float | None = None
+        self._last_trial = 0.0
+        self._trial = False
         try:
-            self._migrate("postgres")
+            with self._patience(MIGRATION_TIMEOUT_SECONDS):
+                self._migrate("postgres")
         except BaseException:
             self.close()
             raise
 
+    # --- deadlines and health ------------------------------------------------------------------------
+
+    @contextmanager
+    def _patience(self, seconds: float) -> Iterator[None]:
+        """A longer deadline for this thread's calls within the block (opening and migrating the store)."""
+        self._local.patience = seconds
+        try:
+            yield
+        finally:
+            self._local.patience = None
+
+    def _deadline(self) -> float:
+        patience: float | None = getattr(self._local, "patience", None)
+        return patience if patience is not None else self.timeout
+
+    @property
+    def down(self) -> bool:
+        """True after a connection-level failure, until a call succeeds again."""
+        return self._down_since is not None
+
+    def _admit(self) -> None:
+        """Fail at once while the store is down, but let one trial at a time through, RETRY_INTERVAL_SECONDS
+        after the last one ended. Any answer from the server ends the outage (``_mark_up``)."""
+        if self._down_since is None:
+            return
+        with self._health:
+            now = time.monotonic()
+            if self._down_since is not None and (self._trial or now - self._last_trial < RETRY_INTERVAL_SECONDS):
+                raise StoreError(f"store {self.display_url} is unavailable (failing fast since "
+                                 f"{now - self._down_since:.1f}s; retrying every {RETRY_INTERVAL_SECONDS:g}s)")
+            self._trial = self._down_since is not None
+
+    def _mark_down(self, detail: str) -> None:
+        with self._health:
+            self._trial = False
+            self._last_trial = time.monotonic()
+            if self._down_since is not None:
+                return
+            self._down_since = self._last_trial
+        print(f"scopegate: store unavailable, failing calls fast and retrying every {RETRY_INTERVAL_SECONDS:g}s: "
+              f"{detail}", file=sys.stderr, flush=True)
+
+    def _mark_up(self) -> None:
+        with self._health:
+            since, self._down_since = self._down_since, None
+            self._trial = False
+        if since is not None:
+            print(f"scopegate: store {self.display_url} reachable again after {time.monotonic() - since:.1f}s",
+                  file=sys.stderr, flush=True)
+
     # --- connections ---------------------------------------------------------------------------------
+
+    def _params(self) -> str:
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open store {self.display_url}: {_first_line(exc)}") from exc
+        # libpq waits at least 2 s for a connection; the caller waits self.timeout (_connect_within).
+        params.setdefault("connect_timeout", max(2, math.ceil(self._deadline())))
+        params.setdefault("application_name", "scopegate")
+        # A peer that vanished (no RST) while a connection sat idle: the kernel gives up on it.
+        params.setdefault("keepalives", 1)
+        params.setdefault("keepalives_idle", 5)
+        params.setdefault("keepalives_interval", 2)
+        params.setdefault("keepalives_count", 3)
+        params.setdefault("tcp_user_timeout", int(max(10.0, 10 * self.timeout) * 1000))
+        statement_ms = max(int(self.timeout * 1000), 1)
+        idle_ms = int(max(10.0, 10 * self.timeout) * 1000)
+        # Ours first: a -c in the URL's own options wins.
+        ours = f"-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}"
+        params["options"] = f"{ours} {params.get('options') or ''}".strip()
+        return str(psycopg.conninfo.make_conninfo("", **params))
+
+    def _connect_within(self, conninfo: str, seconds: float) -> psycopg.Connection[Any]:
+        """psycopg.connect, waited for at most ``seconds`` (libpq's own connect_timeout is 2 s at least and
+        counts per address). An attempt given up on closes its connection when it ends."""
+        done = threading.Event()
+        lock = threading.Lock()
+        outcome: dict[str, Any] = {}
+
+        def attempt() -> None:
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                conn = psycopg.connect(conninfo, autocommit=True)
+            except BaseException as exc:
+                outcome["error"] = exc
+            with lock:
+                outcome["conn"] = conn
+                done.set()
+                abandoned = outcome.get("abandoned", False)
+            if abandoned and conn is not None:
+                with suppress(psycopg.Error):
+                    conn.close()
+
+        threading.Thread(target=attempt, name="scopegate-store-connect", daemon=True).start()
+        if not done.wait(seconds):
+            with lock:
+                if not done.is_set():
+                    outcome["abandoned"] = True
+                    raise StoreError(f"cannot open store {self.display_url}: no answer within {seconds:g}s")
+        error = outcome.get("error")
+        if error is not None:
+            if isinstance(error, psycopg.Error):
+                raise StoreError(f"cannot open store {self.display_url}: {_first_line(error)}") from error
+            raise error
+        conn: psycopg.Connection[Any] = outcome["conn"]
+        return conn
 
     def _open(self, *, search_path: bool = True) -> psycopg.Connection[Any]:
         try:
-            params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
-            params.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-            params.setdefault("application_name", "scopegate")
-            conn = psycopg.connect(psycopg.conninfo.make_conninfo("", **params), autocommit=True)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot open store {self.display_url}: {_first_line(exc)}") from exc
+            # Opening the store may wait longer for locks, not for a connection: 10 s at most then.
+            conn = self._connect_within(self._params(), min(self._deadline(), max(self.timeout, 10.0)))
+        except StoreError as exc:
+            self._mark_down(str(exc))
+            raise
         if self.schema is not None and search_path:
             try:
-                conn.execute(f'SET search_path TO "{self.schema}"')
-            except psycopg.Error as exc:
-                conn.close()
-                raise StoreError(f"cannot open store {self.display_url}: {_first_line(exc)}") from exc
+                self._exec(conn, f'SET search_path TO "{self.schema}"')
+            except StoreError:
+                with suppress(psycopg.Error):
+                    conn.close()
+                raise
         return conn
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._closed:
             raise StoreError(f"store {self.display_url} is closed")
+        if self._state.depth == 0:
+            self._admit()
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        # A connection that broke (server restart, network) is replaced on next use, outside a transaction.
+        # A connection that broke (server restart, network, a deadline) is replaced on next use, outside a
+        # transaction.
         if conn is None or (conn.closed and self._state.depth == 0):
+            if conn is not None:
+                with self._registry:
+                    self._connections = [c for c in self._connections if c is not conn]
             conn = self._open()
             self._local.conn = conn
             with self._registry:
@@ -122,6 +327,7 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         self._closed = True
         self._wake_waiters()
+        self._watchdog.stop()
         with self._registry:
             connections, self._connections = self._connections, []
         listener, self._listener = self._listener, None
@@ -132,12 +338,34 @@ class PostgresStore(SqlStore):
     # --- dialect -------------------------------------------------------------------------------------
 
     def _exec(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        seconds = self._deadline()
+        try:
+            key: int | None = self._watchdog.arm(conn.fileno(), seconds)
+        except psycopg.Error:  # already closed: execute fails at once below
+            key = None
         try:
             cursor: psycopg.Cursor[Any] = conn.execute(_pg_sql(sql), params)
-        except pg_errors.IntegrityError as exc:
-            raise StoreConflict(f"store {self.display_url}: {_first_line(exc)}") from exc
         except psycopg.Error as exc:
+            cut = key is not None and self._watchdog.disarm(key)
+            key = None
+            if cut:
+                detail = f"store {self.display_url}: no answer within {seconds:g}s; connection closed"
+                self._mark_down(detail)
+                raise StoreError(detail) from exc
+            if self._down_since is not None:
+                # A trial ends either way: the connection was lost, or the server answered (with an error).
+                if conn.closed:
+                    self._mark_down(f"store {self.display_url}: {_first_line(exc)}")
+                else:
+                    self._mark_up()
+            if isinstance(exc, pg_errors.IntegrityError):
+                raise StoreConflict(f"store {self.display_url}: {_first_line(exc)}") from exc
             raise StoreError(f"store {self.display_url}: {_first_line(exc)}") from exc
+        finally:
+            if key is not None:
+                self._watchdog.disarm(key)
+        if self._down_since is not None:
+            self._mark_up()
         return cursor
 
     def _begin(self, conn: Any) -> None:
@@ -179,6 +407,7 @@ class PostgresStore(SqlStore):
                    (f"scopegate:chain:{self.schema}", chain_id))
 
     def _lock_for_migration(self, tx: SqlTx) -> None:
+        tx._exec(f"SET LOCAL statement_timeout = {int(self._deadline() * 1000)}")
         tx._exec("SELECT pg_advisory_xact_lock(hashtext(?))", (f"scopegate:migrate:{self.schema}",))
         if self.schema is not None:
             tx._exec(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -194,7 +423,7 @@ class PostgresStore(SqlStore):
             listener = self._listener
             if listener is None or listener.closed:
                 listener = self._listener = self._open(search_path=False)
-                listener.execute(f"LISTEN {CHANGES_CHANNEL}")
+                self._exec(listener, f"LISTEN {CHANGES_CHANNEL}")
             for _ in listener.notifies(timeout=max(timeout, 0), stop_after=1):
                 return True
             return False
