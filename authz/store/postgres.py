@@ -18,7 +18,8 @@ in that schema (created if missing): several stores, or tests, can share one dat
 Deadlines (issue 12: a black-holed network must never freeze a caller). Every statement and every
 connection attempt has one, ``timeout`` (the config's ``storeTimeout``, 1 s by default):
 
-- the server cancels a statement past it (``statement_timeout``), so a lock wait ends and frees its locks,
+- the server cancels a statement past 80% of it (``statement_timeout``), so a lock wait ends and frees its
+  locks and its error reaches the client before the client's own deadline,
   and ends a session left idle in a transaction (``idle_in_transaction_session_timeout``, 10x, at least
   10 s) so that a replica cut off mid-transaction never holds the feed's lock for long;
 - the client gives up at the same deadline even when the server never answers (a partition, a silently
@@ -60,6 +61,8 @@ CHANGES_CHANNEL = "scopegate_changes"
 DEFAULT_TIMEOUT_SECONDS = 1.0
 MIGRATION_TIMEOUT_SECONDS = 30.0
 """Opening the store migrates it under a lock another replica may hold while it migrates: longer than a call."""
+SERVER_SHARE = 0.8
+"""The server's ``statement_timeout`` is this share of the timeout; the client's deadline is all of it."""
 RETRY_INTERVAL_SECONDS = 0.25
 """While the store is down, one call per interval is let through to find out whether it is back."""
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -248,7 +251,9 @@ class PostgresStore(SqlStore):
         params.setdefault("keepalives_interval", 2)
         params.setdefault("keepalives_count", 3)
         params.setdefault("tcp_user_timeout", int(max(10.0, 10 * self.timeout) * 1000))
-        statement_ms = max(int(self.timeout * 1000), 1)
+        # The server cancels first, so that a reachable server's answer (an error) beats the client's own
+        # deadline: a lock wait is then a failed statement on a usable connection, not an outage.
+        statement_ms = max(int(self.timeout * SERVER_SHARE * 1000), 1)
         idle_ms = int(max(10.0, 10 * self.timeout) * 1000)
         # Ours first: a -c in the URL's own options wins.
         ours = f"-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_ms}"

@@ -1,0 +1,116 @@
+"""Issue 12 item 2: every PostgreSQL store call has a deadline, even when the network black-holes traffic
+(accepts and reads, never answers, no RST), where neither TCP keepalives nor a server-side statement
+timeout can end the wait. Through ``tests/e2e/fault_proxy.FaultProxy`` between the store and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from authz.store.errors import UNAVAILABLE, StoreError
+from authz.store.postgres import RETRY_INTERVAL_SECONDS, PostgresStore
+from tests.e2e.fault_proxy import FaultProxy
+
+pytestmark = pytest.mark.postgres
+
+TIMEOUT = 0.5
+
+
+@pytest.fixture
+def relay(postgres_url: str) -> Iterator[FaultProxy]:
+    parts = urlsplit(postgres_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def store(postgres_url: str, relay: FaultProxy) -> Iterator[PostgresStore]:
+    parts = urlsplit(postgres_url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    opened = PostgresStore(urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{relay.port}")), timeout=TIMEOUT)
+    yield opened
+    opened.close()
+
+
+def timed_failure(call: object) -> tuple[StoreError, float]:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        call()  # type: ignore[operator]
+    return info.value, time.monotonic() - started
+
+
+def test_store_partition_blackhole_every_call_has_a_deadline(store: PostgresStore, relay: FaultProxy) -> None:
+    """A read, a write and a fresh connection each give up within the timeout; then the store fails fast
+    until the network passes again, and the next call after that succeeds on a rebuilt connection."""
+    store.put_object("group", "before", {}, "api")
+    relay.set_mode("blackhole")
+    error, took = timed_failure(store.ping)
+    assert took < TIMEOUT + 0.4, took
+    assert store.down
+    # Redacted for clients, the operator's line for stderr.
+    assert error.description == UNAVAILABLE and "127.0.0.1" not in error.description
+    assert f"127.0.0.1:{relay.port}" in str(error) and "no answer within 0.5s" in str(error)
+    # Another thread, whose own connection is healthy on paper: fails at once, no waiting in line.
+    results: list[float] = []
+
+    def other() -> None:
+        results.append(timed_failure(lambda: store.put_object("group", "during", {}, "api"))[1])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(5)
+    assert results and results[0] < 0.2, results
+    # The trial after the retry interval opens a new connection into the black hole: bounded too.
+    time.sleep(RETRY_INTERVAL_SECONDS + 0.05)
+    _, took = timed_failure(lambda: store.get_object("group", "before"))
+    assert took < TIMEOUT + 0.4, took
+    relay.set_mode("pass")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            found = store.get_object("group", "before")
+            break
+        except StoreError:
+            assert time.monotonic() < deadline, "the store did not recover"
+            time.sleep(0.05)
+    assert found is not None and not store.down
+    assert store.get_object("group", "during") is None  # the failed write left nothing behind
+    store.put_object("group", "after", {}, "api")
+    assert store.get_object("group", "after") is not None
+
+
+def test_store_refused_connection_fails_fast_and_recovers(store: PostgresStore, relay: FaultProxy) -> None:
+    store.ping()
+    relay.set_mode("refuse")
+    _, took = timed_failure(store.ping)  # the open connection is reset
+    assert took < TIMEOUT
+    time.sleep(RETRY_INTERVAL_SECONDS + 0.05)
+    _, took = timed_failure(store.ping)  # a new connection is refused
+    assert took < TIMEOUT and store.down
+    relay.set_mode("pass")
+    time.sleep(RETRY_INTERVAL_SECONDS + 0.05)
+    store.ping()
+    assert not store.down
+
+
+def test_store_lock_wait_is_cancelled_by_the_server(store: PostgresStore, postgres_url: str) -> None:
+    """A statement waiting on a lock past the timeout is cancelled server-side (statement_timeout): the
+    connection stays usable and the store is not marked down, since the server answered."""
+    import psycopg
+
+    from authz.store.postgres import split_schema
+
+    conninfo, schema = split_schema(postgres_url)
+    store.ping()
+    with psycopg.connect(conninfo) as locker:
+        locker.execute(f'LOCK TABLE "{schema}".changes IN ACCESS EXCLUSIVE MODE')
+        error, took = timed_failure(lambda: store.changes_since(0))
+        assert took < TIMEOUT + 0.4 and "statement timeout" in str(error)
+        locker.rollback()
+    assert not store.down
+    assert store.changes_since(0) == []
