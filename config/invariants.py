@@ -17,7 +17,7 @@ Path = tuple[str | int, ...]
 def find_reference_errors(cfg: ScopegateConfig) -> list[tuple[Path, str]]:
     """Every cross-object violation of ``cfg``, in document order."""
     return [*_server_references(cfg), *_app_references(cfg), *_user_references(cfg), *_resource_overlaps(cfg),
-            *_route_references(cfg)]
+            *_route_references(cfg), *_route_claim_headers(cfg)]
 
 
 def _server_references(cfg: ScopegateConfig) -> Iterator[tuple[Path, str]]:
@@ -111,6 +111,23 @@ def _route_references(cfg: ScopegateConfig) -> Iterator[tuple[Path, str]]:
         for k, name in enumerate(names):
             if name not in server.scope_names:
                 yield ("routes", i, "scopes", key, k), f"scope {name!r} is not defined on authorization server {server.id!r}, which covers {route.path}"
+
+
+
+def _route_claim_headers(cfg: ScopegateConfig) -> Iterator[tuple[Path, str]]:
+    """A route's claim header must not be a built-in identity header, and ``null`` must drop a global one."""
+    identity = cfg.proxy.identity
+    builtin = {h.lower() for h in identity.builtin_headers()}
+    global_names = {h.lower() for h in identity.claims}
+    for i, route in enumerate(cfg.routes):
+        for name, path in (route.claims or {}).items():
+            if name.lower() in builtin:
+                yield ("routes", i, "claims", name), (
+                    f"{name!r} is already an identity header (proxy.identity subjectHeader, clientIdHeader, "
+                    "scopesHeader or authServerHeader)")
+            elif path is None and name.lower() not in global_names:
+                yield ("routes", i, "claims", name), (
+                    f"null drops a header of proxy.identity.claims on this route, and {name!r} is not one")
 
 
 __all__ = ["OIDC_SCOPES", "Path", "find_reference_errors"]

@@ -11,13 +11,14 @@ Invariants that need more than one object (references, resource overlap) live in
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from config.durations import Duration
+from config.headers import claim_header_clash
 
 OIDC_SCOPES: tuple[str, ...] = ("openid", "profile", "email", "address", "phone", "offline_access")
 """Exist on every authorization server without being declared (spec §1.2)."""
@@ -185,6 +186,35 @@ class ScopeRequirement(Model):
         return self
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+_HEADER_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{1,126}\*")
+"""A ``proxy.stripHeaders`` prefix: a bare ``*`` or ``X*`` would strip nearly every header."""
+_CLAIM_PATH = re.compile(r"[^\x00-\x20\x7f.]+(?:\.[^\x00-\x20\x7f.]+)*")
+"""A claim name, or names joined by ``.``: no empty segment, no space or control character."""
+
+ClaimMap = TypeVar("ClaimMap", dict[str, str], dict[str, str | None])
+
+
+def check_claim_headers(value: ClaimMap) -> ClaimMap:
+    """A claim-header map's names and paths: plain header names, unique in any case, none that the proxy strips
+    and rebuilds itself (``config/headers.py``), claim paths of at most 256 characters."""
+    seen: set[str] = set()
+    for name, path in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name: use letters, digits and '-'")
+        lower = name.lower()
+        if lower in seen:
+            raise ValueError(f"{name!r} is named twice (header names are case-insensitive)")
+        seen.add(lower)
+        clash = claim_header_clash(lower)
+        if clash is not None:
+            raise ValueError(f"{name!r} cannot carry a claim: it is {clash}")
+        if path is not None and (len(path) > 256 or not _CLAIM_PATH.fullmatch(path)):
+            raise ValueError(f"{path!r} (for {name}) is not a claim path: a claim name, or names joined by '.' "
+                             "(at most 256 characters, no spaces or control characters)")
+    return value
+
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 
@@ -197,6 +227,23 @@ class Route(Model):
     405 (an upstream that echoes it would reflect the gate's identity headers). CONNECT is never forwarded (405)."""
     scopes: ScopeRequirement | None = None
     public: bool = False
+    claims: dict[str, str | None] | None = None
+    """Claim headers for this route (``proxy.identity.claims``'s shape), merged over the global map: an entry
+    adds a header or replaces the global one of the same name (any case), ``null`` drops a global one here."""
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        return None if value is None else check_claim_headers(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # The proxy's labels for "inside a resource, no route" and "refused before routing" (metrics, decision
+        # log, the unrouted claim headers): a route of that name would be read as one of them.
+        if value in ("unrouted", "none"):
+            raise ValueError(f"route name {value!r} is reserved for the requests no route matched")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -224,17 +271,48 @@ class Route(Model):
     def _public_has_no_scopes(self) -> Route:
         if self.public and self.scopes is not None:
             raise ValueError("a public route takes no token, so it cannot require scopes")
+        if self.public and self.claims:
+            raise ValueError("a public route takes no token, so it has no claims to send")
         return self
 
 
 class Identity(Model):
-    """Names of the identity headers added for the upstream (the proxy issue, step 10)."""
+    """Names of the identity headers added for the upstream (the proxy issue, step 10), and claim headers."""
 
     subject_header: str = "X-Scopegate-Subject"
     client_id_header: str = "X-Scopegate-Client-Id"
     scopes_header: str = "X-Scopegate-Scopes"
     auth_server_header: str = "X-Scopegate-Auth-Server"
     forward_authorization: bool = True
+    claims: dict[str, str] = Field(default_factory=dict)
+    """Header name → claim of the validated token (issue 10 item 5), sent to the upstream with every request a
+    token passed: ``{X-User-Id: uid, X-Tenant: org.tenant_id}``. A dotted path reaches into nested objects (a
+    claim whose own name holds the whole path, like ``https://example.com/roles``, is taken first); an array is
+    joined with ``,``; a missing or ``null`` claim sends no header. A value over ``maxClaimBytes``, with a
+    control character, leading or trailing space, an object, or an array element holding ``,`` or that is not a
+    string, number or boolean refuses the request (401 ``invalid_token``, reason ``bad_claims``). Every name
+    here and in ``routes[].claims`` is stripped from every client request, like ``proxy.stripHeaders``. Default
+    empty (nothing is computed per request)."""
+    max_claim_bytes: int = Field(default=4096, ge=64, le=8192)
+    """The longest claim header value (UTF-8 bytes). Refused past it rather than cut: a cut tenant id or group
+    list would be another, valid-looking value. 8 KiB is the smallest common upstream header-line limit."""
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_claim_headers(value)
+
+    @model_validator(mode="after")
+    def _claims_clash_with_identity(self) -> Identity:
+        builtin = {h.lower() for h in self.builtin_headers()}
+        for name in self.claims:
+            if name.lower() in builtin:
+                raise ValueError(f"claims: {name!r} is already an identity header (subjectHeader, clientIdHeader, "
+                                 "scopesHeader or authServerHeader)")
+        return self
+
+    def builtin_headers(self) -> tuple[str, str, str, str]:
+        return self.subject_header, self.client_id_header, self.scopes_header, self.auth_server_header
 
 
 class Limits(Model):
@@ -253,9 +331,6 @@ class Limits(Model):
     form is refused with 413 rather than forwarded unsearched. Default 64 KiB."""
 
 
-_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
-
-
 class ProxySettings(Model):
     leeway: Duration = 60.0
     token_cache_size: int = Field(default=10000, ge=0)
@@ -264,17 +339,19 @@ class ProxySettings(Model):
     identity: Identity = Field(default_factory=Identity)
     limits: Limits = Field(default_factory=Limits)
     strip_headers: list[str] = Field(default_factory=list)
-    """Header names the upstream trusts (say ``X-Tenant``), stripped from every client request like the built-in
-    identity and forwarding headers (``X-Scopegate-*``, ``X-Forwarded-*``, ``Remote-User``, ``True-Client-IP``,
-    ``X-Auth-*``, ...), in any case and duplicated or not; a spelling with ``_`` or ``.`` is refused with 400.
-    Names only (letters, digits, ``-``); default empty."""
+    """Header names the upstream trusts (say ``X-Tenant``), or prefixes ending in ``*`` (``X-Legacy-*``), stripped
+    from every client request like the built-in identity and forwarding headers (``X-Scopegate-*``,
+    ``X-Forwarded-*``, ``Remote-User``, ``True-Client-IP``, ``X-Auth-*``, ...), in any case and duplicated or not;
+    a spelling with ``_`` or ``.`` that folds to one of them is refused with 400. Letters, digits and ``-`` only,
+    ``*`` only as the last character after at least two of them; default empty."""
 
     @field_validator("strip_headers")
     @classmethod
     def _strip_headers(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a header name to strip: use letters, digits and '-' "
+            if not (_HEADER_NAME.fullmatch(name) or _HEADER_PREFIX.fullmatch(name)):
+                raise ValueError(f"{name!r} is not a header name or prefix to strip: use letters, digits and '-', "
+                                 "and '*' only at the end of a prefix of two or more characters, as in 'X-Legacy-*' "
                                  "(a '_' or '.' spelling is refused by the proxy anyway)")
         return value
 
@@ -518,6 +595,10 @@ class AuthorizationServerConfig(Model):
     algorithms: list[Literal["RS256"]] = Field(default_factory=lambda: ["RS256"])  # type: ignore[arg-type]
     match_host: bool = False
     """Also require the request's Host to equal the resource URI's host."""
+    access_token_claims: Literal["okta", "rfc9068", "both"] = "both"
+    """How access tokens carry their scopes (issue 10 item 3): ``okta`` is Okta's ``scp`` array only; ``rfc9068``
+    is RFC 9068 §2.2.3's ``scope`` (one space-separated string) only; ``both`` (default) carries both, with the
+    same scopes, so Okta's verifiers and strict RFC 9068 resource servers each find theirs."""
     remote: RemoteIssuer | None = None
 
     _id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
@@ -754,6 +835,12 @@ class CoreSettings(Model):
 class ScopegateConfig(Model):
     listen: Listen = Field(default_factory=Listen)
     store: str = "sqlite:///.scopegate/state.db"
+    store_timeout: Duration = Field(default=1.0, gt=0)
+    """Issue 12: the deadline of every PostgreSQL statement and connection attempt (``statement_timeout``
+    server-side, a watchdog that closes the connection client-side, so a partitioned network answers too).
+    A core write the store cannot finish in time is answered 503 (``temporarily_unavailable`` on /oauth2,
+    Okta's E0000009 on /api/v1) with ``Retry-After: 1``. Opening the store waits up to 30 s for a migration
+    lock. SQLite ignores it (its busy timeout applies)."""
     issuer: str = "http://127.0.0.1:8081"
     admin_tokens: list[str] = Field(default_factory=list)
     upstream: Upstream = Field(default_factory=Upstream)

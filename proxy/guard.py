@@ -8,9 +8,10 @@ request as the app sees it, so the decision does not depend on which parser ran:
   ``Content-Length``, a ``Transfer-Encoding`` other than one ``chunked`` → 400 and the connection closed
   (RFC 9112 §6.1: a server that processes such a message "MUST close the connection after responding");
 - NUL, CR or LF in a header value (obs-fold included: RFC 9112 §5.2 lets a server reject it) → 400;
-- ``_``, ``.`` or other punctuation in the name of an identity, forwarding or ``proxy.stripHeaders`` header
-  (CGI-style backends fold ``_`` into ``-``, Apache any non-alphanumeric) → 400; other such names are dropped
-  before forwarding, as nginx does by default;
+- ``_``, ``.`` or other punctuation in the name of an identity, forwarding, claim (``proxy.identity.claims``,
+  ``routes[].claims``) or ``proxy.stripHeaders`` header or under a ``stripHeaders`` prefix (CGI-style backends
+  fold ``_`` into ``-``, Apache any non-alphanumeric) → 400; other such names are dropped before forwarding, as
+  nginx does by default;
 - a repeated ``Host`` (a decision input: security.md §3.3 "Reject duplicates of any header used for a
   decision") → 400;
 - a fragment in the target → 400; an absolute-form target (RFC 9112 §3.2.2: "a server MUST accept the
@@ -36,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.errors import GateError
+from config.headers import FORWARDING, FORWARDING_PREFIXES, GATEWAY_IDENTITIES
 from config.schema import Identity, Limits
+from config.schema import Route as RouteConfig
 from proxy import reasons
 from proxy.routes import FORWARDED_METHODS
 
@@ -47,22 +50,11 @@ _HOST = re.compile(rf"(?:(?:{_REG_NAME_CHAR})+|\[(?P<literal>[0-9A-Fa-f:.]+|v[0-
 """RFC 3986 §3.2.2-3.2.3 ``host [ ":" port ]``: a reg-name (an IPv4 address is one too) or an IP-literal, and
 a non-empty port. The sub-delim ``,`` is left out: it separates the values of ``X-Forwarded-Host``, where
 this Host ends up, and no DNS name holds one."""
-_FORWARDING = frozenset({
-    # Forwarding and rewrite headers (security.md §3.3): the proxy sets its own X-Forwarded-*.
-    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix",
-    "x-forwarded-uri", "forwarded", "x-real-ip", "x-original-url", "x-rewrite-url", "x-original-uri",
-    "x-original-method", "x-host", "x-original-host",
-    # Method overrides (Rails, Symfony, ASP.NET, Express method-override): an upstream honouring one would run
-    # a method the gate never authorized, under scopes chosen for another.
-    "x-http-method-override", "x-http-method", "x-method-override",
-    # Client addresses as CDNs and load balancers set them (Akamai, Cloudflare, Rackspace, Fastly, ...).
-    "x-client-ip", "true-client-ip", "cf-connecting-ip", "x-cluster-client-ip", "client-ip", "fastly-client-ip",
-    "x-originating-ip", "x-remote-ip", "x-remote-addr",
-    # Identities other authenticating proxies hand their upstream: trusted there, client input here.
-    "remote-user", "x-remote-user", "x-user", "x-credential-identifier",
-})
+_FORWARDING = FORWARDING | GATEWAY_IDENTITIES
+"""Forwarding, rewrite, method-override and client-address headers, and other gateways' identities
+(``config/headers.py``: the config refuses claim headers of the first kinds)."""
 _PROTECTED_PREFIXES = (
-    "x-scopegate-", "x-envoy-", "x-forwarded-",
+    "x-scopegate-", *FORWARDING_PREFIXES,
     "x-user-", "x-auth-",                        # security.md §3.3 "X-User*, X-Auth-*" (oauth2-proxy X-Auth-Request-*)
     "x-authenticated-", "x-consumer-",           # Kong
     "x-ms-client-principal",                     # Azure App Service authentication
@@ -90,16 +82,37 @@ def is_plain_name(name: bytes) -> bool:
     return not name.translate(None, _PLAIN_NAME_BYTES)
 
 
-def protected_names(identity: Identity, strip_headers: Iterable[str] = ()) -> frozenset[str]:
-    """Header names (lower-case, ``-`` spelling) a client may never send to the upstream: the built-in list, the
-    identity headers and ``proxy.stripHeaders``."""
+@dataclass(frozen=True, slots=True)
+class Protected:
+    """Header names (lower-case, ``-`` spelling) a client may never send to the upstream, and name prefixes."""
+
+    names: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def __contains__(self, canonical: object) -> bool:
+        return canonical in self.names or (isinstance(canonical, str) and canonical.startswith(self.prefixes))
+
+
+def protected_names(identity: Identity, strip_headers: Iterable[str] = (), routes: Iterable[RouteConfig] = ()
+                    ) -> Protected:
+    """The built-in list, the identity headers, every claim header (global and per route, so a route without
+    claims still never forwards a client's copy) and ``proxy.stripHeaders`` (a ``*`` entry is a prefix)."""
     configured = {identity.subject_header, identity.client_id_header, identity.scopes_header,
-                  identity.auth_server_header, *strip_headers}
-    return _FORWARDING | {fold_name(name.encode("latin-1")) for name in configured}
+                  identity.auth_server_header, *identity.claims}
+    for route in routes:
+        configured.update(route.claims or ())
+    prefixes = []
+    for name in strip_headers:
+        if name.endswith("*"):
+            prefixes.append(fold_name(name[:-1].encode("latin-1")))
+        else:
+            configured.add(name)
+    return Protected(_FORWARDING | {fold_name(name.encode("latin-1")) for name in configured},
+                     _PROTECTED_PREFIXES + tuple(prefixes))
 
 
-def is_protected(canonical: str, names: frozenset[str]) -> bool:
-    return canonical in names or canonical.startswith(_PROTECTED_PREFIXES)
+def is_protected(canonical: str, protected: Protected) -> bool:
+    return canonical in protected
 
 
 @dataclass(slots=True)
@@ -120,9 +133,10 @@ class RequestHead:
 
 
 class ParseGuard:
-    def __init__(self, limits: Limits, identity: Identity, strip_headers: Iterable[str] = ()) -> None:
+    def __init__(self, limits: Limits, identity: Identity, strip_headers: Iterable[str] = (),
+                 routes: Iterable[RouteConfig] = ()) -> None:
         self.limits = limits
-        self.protected = protected_names(identity, strip_headers)
+        self.protected = protected_names(identity, strip_headers, routes)
 
     def check(self, scope: Mapping[str, Any]) -> RequestHead:
         limits = self.limits

@@ -20,3 +20,18 @@ def test_spoofed_identity_headers_strip_list_rejects_what_is_not_a_plain_header_
     configuration error, as is anything that is not a header name."""
     with pytest.raises(ValidationError, match="stripHeaders"):
         ProxySettings.model_validate({"stripHeaders": [name]})
+
+
+def test_spoofed_identity_headers_strip_list_accepts_prefixes() -> None:
+    """A prefix ends in '*' after at least two name characters (issue 10 item 6)."""
+    names = ["X-Legacy-*", "x-internal*", "Ab*"]
+    assert ProxySettings.model_validate({"stripHeaders": names}).strip_headers == names
+
+
+@pytest.mark.parametrize("name", ["*", "X*", "X-*-Role", "X-Legacy-**", "*-User", "X_Legacy_*", "X.Legacy.*",
+                                  "X-Legacy-* ", "a" * 128 + "*"])
+def test_spoofed_identity_headers_strip_list_rejects_malformed_prefixes(name: str) -> None:
+    """'*' only at the end, after a plain name of two or more characters: a bare '*' or 'X*' would strip nearly
+    every header, and a '_'/'.' prefix would never match what the proxy forwards."""
+    with pytest.raises(ValidationError, match="stripHeaders"):
+        ProxySettings.model_validate({"stripHeaders": [name]})
