@@ -76,6 +76,16 @@ class BackgroundCheck:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _passing(check: Check) -> Callable[[], float]:
+    def value() -> float:
+        try:
+            return 1.0 if check.probe() is None else 0.0
+        except Exception:  # a probe that raises is a failed probe, not a failed scrape
+            return 0.0
+
+    return value
+
+
 def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette:
     def failing() -> dict[str, str]:
         failures: dict[str, str] = {}
@@ -92,6 +102,11 @@ def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette
     ready = Gauge("scopegate_ready", "1 when every readiness check passes (what /readyz answers), else 0.",
                   registry=registry)
     ready.set_function(lambda: 0.0 if failing() else 1.0)
+    # Which check fails (issue 12: an alert can say "the store" rather than only "not ready").
+    per_check = Gauge("scopegate_readiness_check", "1 while this readiness check passes, else 0.", ["check"],
+                      registry=registry)
+    for check in checks:
+        per_check.labels(check=check.name).set_function(_passing(check))
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
