@@ -132,7 +132,8 @@ web.run_app(app, host="127.0.0.1", port={port}, print=None, access_log=None)
 
 
 @contextmanager
-def scopegate(upstream: str, workdir: Path) -> Iterator[dict[str, str]]:
+def scopegate(upstream: str, workdir: Path, command: list[str] | None = None) -> Iterator[dict[str, str]]:
+    """``scopegate run`` in front of ``upstream``; ``command`` replaces ``scopegate`` (bench/gc_pauses.py)."""
     ports = {name: free_port() for name in ("proxy", "core", "ops")}
     config = {
         "listen": {name: f"127.0.0.1:{port}" for name, port in ports.items()},
@@ -157,7 +158,8 @@ def scopegate(upstream: str, workdir: Path) -> Iterator[dict[str, str]]:
     path = workdir / "scopegate.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     script = Path(sys.executable).parent / "scopegate"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "proxy.cli"]
+    if command is None:
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "proxy.cli"]
     # The decision log (one JSON line per request) goes to a file, as a deployment would ship it.
     log = (workdir / "scopegate.log").open("w")
     proc = subprocess.Popen([*command, "run", "--config", str(path)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
