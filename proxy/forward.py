@@ -12,6 +12,8 @@ internals; aiohttp never retries a non-idempotent request.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -21,23 +23,20 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from authz.errors import GateError
+from authz.errors import BearerError, GateError
+from config.headers import HOP_BY_HOP as HEADERS_HOP_BY_HOP
 from config.schema import ScopegateConfig
 from proxy import reasons
 from proxy.decision import Decision
 from proxy.guard import RequestHead, is_plain_name, is_protected, protected_names
+from proxy.routes import UNROUTED
 from proxy.validate import VerifiedToken
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-    "transfer-encoding", "upgrade", "content-length", "host", "expect",
-})
-"""RFC 9110 §7.6.1 plus the framing headers the proxy rebuilds itself (Content-Length, Host), and ``Expect``:
-the server already answered the client's 100-continue when the gate read the body, and forwarded, it made
-aiohttp hold the body until the upstream sent a 100 of its own (Envoy strips it too)."""
+HOP_BY_HOP = HEADERS_HOP_BY_HOP
+"""RFC 9110 §7.6.1, the framing headers the proxy rebuilds and ``Expect`` (``config/headers.py`` says why)."""
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-connection", b"te", b"trailer",
                             b"transfer-encoding", b"upgrade", b"date"})
 """Hop-by-hop response headers, and ``Date``: the server adds its own to every response, and a response
@@ -136,6 +135,76 @@ class RequestBody:
                 yield chunk
 
 
+_CLAIM_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f]|^ | $")
+"""C0 and C1 control characters and DEL (header injection, and parsers that read NEL as a line break), and a
+leading or trailing space, which the upstream's parser trims: it must read the token's value, not another."""
+
+
+class ClaimHeaders:
+    """One route's claim headers (``proxy.identity.claims`` merged with ``routes[].claims``), compiled once: each
+    entry is the header name, the claim path and that path split on '.'."""
+
+    __slots__ = ("entries", "max_bytes")
+
+    def __init__(self, claims: Mapping[str, str], max_bytes: int) -> None:
+        self.entries = tuple((header, path, tuple(path.split("."))) for header, path in claims.items())
+        self.max_bytes = max_bytes
+
+    def values(self, claims: Mapping[str, Any], realm: str) -> list[tuple[str, str]]:
+        """The headers for one validated token; a claim that cannot be sent faithfully refuses the token."""
+        out: list[tuple[str, str]] = []
+        for header, path, keys in self.entries:
+            value = _claim_at(claims, path, keys)
+            if value is None:
+                continue
+            text = _claim_text(value)
+            if (text is None or _CLAIM_REFUSED.search(text) is not None or len(text) > self.max_bytes
+                    or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > self.max_bytes)):
+                raise BearerError("invalid_token", "The access token carries a claim that cannot be passed on.",
+                                  realm=realm, reason=reasons.BAD_CLAIMS)
+            out.append((header, text))
+        return out
+
+
+def _claim_at(claims: Mapping[str, Any], path: str, keys: tuple[str, ...]) -> Any:
+    if len(keys) == 1:
+        return claims.get(path)
+    if path in claims:  # a namespaced claim such as "https://example.com/roles" is a name, not a path
+        return claims[path]
+    value = claims.get(keys[0])
+    for key in keys[1:]:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _claim_text(value: Any) -> str | None:
+    """A JSON claim value as header text, or None when it has no faithful one (an object; an array holding an
+    object, an array, null, or a string with ',': joined, it would read as other elements)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for item in value:
+            text = _scalar_text(item) if not isinstance(item, str) else item
+            if text is None or "," in text:
+                return None
+            parts.append(text)
+        return ",".join(parts)
+    return _scalar_text(value)
+
+
+def _scalar_text(value: Any) -> str | None:
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    return None
+
+
 class HeaderPlan:
     """Header sets and names built once per configuration."""
 
@@ -144,7 +213,7 @@ class HeaderPlan:
 
     def __init__(self, cfg: ScopegateConfig) -> None:
         identity = cfg.proxy.identity
-        self.protected = protected_names(identity, cfg.proxy.strip_headers)
+        self.protected = protected_names(identity, cfg.proxy.strip_headers, cfg.routes)
         self.subject = identity.subject_header
         self.client_id = identity.client_id_header
         self.scopes = identity.scopes_header
@@ -152,6 +221,9 @@ class HeaderPlan:
         self.forward_authorization = identity.forward_authorization
         self._names: dict[bytes, str | None] = {}
         """Raw header name → the name to forward it under, or None when it is never forwarded."""
+        self.claims = _claim_plans(cfg)
+        """Route name (``unrouted`` for ``proxy.unrouted: any_valid_token``) → its claim headers; empty when no
+        claims are configured, which is all the hot path then looks at."""
 
     def _classify(self, raw_name: bytes) -> str | None:
         """Steps (1) and (2) for one name: None when hop-by-hop, spelled with '_', '.' or other punctuation,
@@ -167,7 +239,10 @@ class HeaderPlan:
             self._names[raw_name] = kept
         return kept
 
-    def upstream_headers(self, head: RequestHead, scope: Mapping[str, Any], token: VerifiedToken | None) -> list[tuple[str, str]]:
+    def upstream_headers(self, head: RequestHead, scope: Mapping[str, Any], token: VerifiedToken | None,
+                         route: str = UNROUTED) -> list[tuple[str, str]]:
+        """Steps (1)-(3); ``route`` (the matched route's name) chooses the claim headers. Raises BearerError
+        ``bad_claims`` when a claim cannot be sent."""
         out: list[tuple[str, str]] = []
         names = self._names
         connection_named: set[str] | None = None
@@ -195,6 +270,8 @@ class HeaderPlan:
             out.append((self.client_id, token.client_id))
             out.append((self.scopes, token.scope_header))
             out.append((self.auth_server, token.as_id))
+            if self.claims and (plan := self.claims.get(route)) is not None:
+                out.extend(plan.values(token.claims, token.as_id))
         return out
 
 
@@ -203,6 +280,22 @@ class HeaderPlan:
         needs to answer it, Fetch standard §3.2.2), then the proxy's own X-Forwarded-*; no body framing."""
         cors = [(name, value) for name, value in head.headers if name in PREFLIGHT_HEADERS]
         return self.upstream_headers(replace(head, headers=cors, content_length=None, chunked=False), scope, None)
+
+
+def _claim_plans(cfg: ScopegateConfig) -> dict[str, ClaimHeaders]:
+    """Each token route's merged claim map, compiled; routes (and unrouted requests) with none are left out."""
+    identity = cfg.proxy.identity
+    plans: dict[str, ClaimHeaders] = {}
+    for name, route_claims in [(UNROUTED, None), *((r.name, r.claims) for r in cfg.routes if not r.public)]:
+        merged = {header.lower(): (header, path) for header, path in identity.claims.items()}
+        for header, override in (route_claims or {}).items():
+            if override is None:
+                merged.pop(header.lower(), None)
+            else:
+                merged[header.lower()] = (header, override)
+        if merged:
+            plans[name] = ClaimHeaders(dict(merged.values()), identity.max_claim_bytes)
+    return plans
 
 
 def response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
