@@ -62,10 +62,19 @@ class AccessTokenRequest:
     lifetime: int
     user: UserConfig | None = None
     auth_time: int | None = None
+    scope_claims: str = "both"
+    """The AS's ``accessTokenClaims``: ``okta`` (``scp``), ``rfc9068`` (``scope``) or ``both``."""
+
+
+SCOPE_CLAIMS = ("scp", "scope")
+"""Never set by a custom claim, whatever ``accessTokenClaims`` leaves out: a resource server reading the other
+claim (RFC 9068's ``scope``, Okta's ``scp``) must not find scopes the grant did not decide."""
 
 
 def access_token_claims(req: AccessTokenRequest, custom: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Spec §4.1 claims plus RFC 9068's ``client_id``; ``sub`` is the login, or the client id without user."""
+    """Spec §4.1 claims plus RFC 9068's ``client_id`` and ``scope``; ``sub`` is the login, or the client id
+    without user. The scopes travel as Okta's ``scp`` array, RFC 9068 §2.2.3's ``scope`` string, or both
+    (``req.scope_claims``, issue 10 item 3), always with the same values in the same order."""
     claims: dict[str, Any] = {
         "ver": 1,
         "jti": req.jti,
@@ -75,17 +84,31 @@ def access_token_claims(req: AccessTokenRequest, custom: Mapping[str, Any] | Non
         "exp": req.issued_at + req.lifetime,
         "cid": req.client_id,
         "client_id": req.client_id,
-        "scp": list(req.scopes),
         # [AS]: sub = "(appuser != null) ? appuser.userName : app.clientId"
         "sub": req.user.login if req.user is not None else req.client_id,
     }
+    if req.scope_claims in ("okta", "both"):
+        claims["scp"] = list(req.scopes)
+    if req.scope_claims in ("rfc9068", "both"):
+        claims["scope"] = " ".join(req.scopes)
     if req.user is not None:
         claims["uid"] = req.user.id
     if req.auth_time is not None:
         claims["auth_time"] = req.auth_time
     for name, value in (custom or {}).items():
-        claims.setdefault(name, value)  # reserved claims cannot be overridden (spec §4.1)
+        if name not in SCOPE_CLAIMS:
+            claims.setdefault(name, value)  # reserved claims cannot be overridden (spec §4.1)
     return claims
+
+
+def token_scopes(claims: Mapping[str, Any]) -> list[str]:
+    """The scopes of one of our own access tokens, whichever claim ``accessTokenClaims`` put them in (both,
+    when present, hold the same scopes: ``access_token_claims``)."""
+    scp = claims.get("scp")
+    if isinstance(scp, list):
+        return [s for s in scp if isinstance(s, str)]
+    scope = claims.get("scope")
+    return [s for s in scope.split(" ") if s] if isinstance(scope, str) else []
 
 
 def user_claims(user: UserConfig, scopes: Iterable[str]) -> dict[str, Any]:
@@ -231,6 +254,7 @@ __all__ = [
     "ACCESS_TOKEN_TYP",
     "CODE_LIFETIME",
     "ID_TOKEN_LIFETIME",
+    "SCOPE_CLAIMS",
     "AccessTokenRequest",
     "access_token_claims",
     "at_hash",
@@ -239,5 +263,6 @@ __all__ = [
     "new_opaque",
     "read_own_jwt",
     "sign",
+    "token_scopes",
     "user_claims",
 ]

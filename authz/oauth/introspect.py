@@ -18,7 +18,7 @@ from authz.oauth.authenticate import authenticate
 from authz.oauth.common import Endpoint, in_thread, json_response, load_protocol_server, no_store_headers, read_form
 from authz.oauth.refresh import is_usable
 from authz.passwords import token_hash
-from authz.tokens import read_own_jwt
+from authz.tokens import read_own_jwt, token_scopes
 from config.schema import AuthorizationServerConfig
 
 INACTIVE: dict[str, Any] = {"active": False}
@@ -45,7 +45,7 @@ def _introspect(ctx: CoreContext, server: AuthorizationServerConfig, token: str)
         if jti.startswith("AT."):
             if claims.get("aud") != server.resource:
                 return INACTIVE
-            body = {"active": True, "token_type": "Bearer", "scope": " ".join(claims.get("scp", [])),
+            body = {"active": True, "token_type": "Bearer", "scope": " ".join(token_scopes(claims)),
                     "client_id": claims.get("cid"), "exp": claims["exp"], "iat": claims["iat"],
                     "sub": claims.get("sub"), "aud": claims.get("aud"), "iss": claims.get("iss"), "jti": jti}
             if "uid" in claims:

@@ -157,7 +157,8 @@ def mint(ctx: CoreContext, tx: StoreTx, keys: list[SigningKey], grant: Grant, au
     user_config = grant.user.config if grant.user else None
     request = AccessTokenRequest(issuer=issuer, audience=grant.server.resource, client_id=grant.app.client_id,
                                  scopes=grant.scopes, jti=at_jti, issued_at=iat, lifetime=grant.access_lifetime,
-                                 user=user_config, auth_time=grant.auth_time)
+                                 user=user_config, auth_time=grant.auth_time,
+                                 scope_claims=grant.server.access_token_claims)
     claims = access_token_claims(request, custom_claims(grant.server.claims, "RESOURCE", grant.scopes, user_config,
                                                         grant.app.client_id))
     access_token = sign(key, claims, ACCESS_TOKEN_TYP)

@@ -18,7 +18,7 @@ from authz.oauth.authenticate import authenticate
 from authz.oauth.common import Endpoint, client_info, in_thread, load_protocol_server, no_store_headers, read_form
 from authz.oauth.issue import revoke_refresh_chain
 from authz.passwords import token_hash
-from authz.tokens import read_own_jwt
+from authz.tokens import read_own_jwt, token_scopes
 from config.schema import AuthorizationServerConfig
 
 
@@ -37,7 +37,7 @@ def revoke_token(ctx: CoreContext, server: AuthorizationServerConfig, client_id:
             tx.append_change("revoke_jti", {"as_id": server.id, "jti": jti, "exp": claims["exp"]})
             ctx.syslog.record(tx, audit.event(
                 "app.oauth2.as.token.revoke", now, message="OAuth2 access token revoked",
-                targets=[token_target("access_token", jti, expires=claims["exp"], scopes=tuple(claims.get("scp", [])),
+                targets=[token_target("access_token", jti, expires=claims["exp"], scopes=tuple(token_scopes(claims)),
                                       subject=str(claims.get("sub")), audience=str(claims.get("aud")),
                                       as_id=server.id, client_id=client_id, user_id=claims.get("uid"))],
                 extra={"token_type": "access_token"}))

@@ -11,7 +11,7 @@ from authz.context import CoreContext
 from authz.errors import BearerError
 from authz.model import get_user
 from authz.oauth.common import Endpoint, in_thread, json_response, load_protocol_server, no_store_headers
-from authz.tokens import custom_claims, read_own_jwt, user_claims
+from authz.tokens import custom_claims, read_own_jwt, token_scopes, user_claims
 from config.schema import AuthorizationServerConfig
 
 INVALID_TOKEN = "The access token is invalid"
@@ -24,7 +24,7 @@ def userinfo_claims(ctx: CoreContext, server: AuthorizationServerConfig, token: 
                           audience=server.resource)
     if claims is None or not str(claims.get("jti", "")).startswith("AT.") or ctx.revocation.is_revoked(claims):
         raise BearerError("invalid_token", INVALID_TOKEN, realm="IdentityProvider", reason="invalid_token")
-    scopes = claims.get("scp") or []
+    scopes = token_scopes(claims)
     if "openid" not in scopes or "uid" not in claims:
         raise BearerError("insufficient_scope", INSUFFICIENT, realm="IdentityProvider", reason="insufficient_scope")
     user = get_user(ctx.store, str(claims["uid"]))
