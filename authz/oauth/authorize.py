@@ -68,6 +68,8 @@ class AuthorizeRequest:
     app: App
     params: dict[str, str]
     redirect_uri: str
+    issuer: str
+    """RFC 9207 §2: the ``iss`` every authorization response carries."""
 
     @property
     def state(self) -> str | None:
@@ -79,8 +81,11 @@ class AuthorizeRequest:
 
 
 def redirect_with(req: AuthorizeRequest, values: dict[str, str]) -> Response:
+    """The authorization response (code or error), with ``state`` and RFC 9207's ``iss``: a client talking to
+    several servers checks it against the issuer it sent the request to (mix-up attacks, RFC 9700 §4.4)."""
     if req.state is not None:
         values = {**values, "state": req.state}
+    values = {**values, "iss": req.issuer}
     parts = urlsplit(req.redirect_uri)
     if req.fragment:
         target = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, urlencode(values)))
@@ -105,7 +110,7 @@ def validate_client(ctx: CoreContext, as_id: str, params: dict[str, str], audit:
     # RFC 9700 §2.1: "exact string matching" of redirect URIs.
     if redirect_uri not in app.config.redirect_uris:
         raise ErrorPage("invalid_request", BAD_REDIRECT, "illegal_redirect_uri")
-    return AuthorizeRequest(server, app, params, redirect_uri)
+    return AuthorizeRequest(server, app, params, redirect_uri, ctx.issuer_for(as_id))
 
 
 def validate_request(req: AuthorizeRequest) -> None:

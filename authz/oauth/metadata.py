@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from authz.clientauth import ASSERTION_ALGORITHMS
 from authz.context import CoreContext
 from authz.keys import jwks_document
 from authz.oauth.common import Endpoint, in_thread, json_response, load_public_server
@@ -19,7 +20,15 @@ key is seen soon; verifiers also refetch on an unknown kid (spec §5.4)."""
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 
 
+def access_token_claim_names(server: AuthorizationServerConfig) -> list[str]:
+    """The access-token claims the AS emits (spec §4.1, RFC 9068), with its ``accessTokenClaims`` setting."""
+    scope_claims = {"okta": ["scp"], "rfc9068": ["scope"], "both": ["scp", "scope"]}[server.access_token_claims]
+    return ["ver", "jti", "iss", "aud", "iat", "exp", "cid", "client_id", "uid", *scope_claims, "sub"]
+
+
 def metadata_document(issuer: str, server: AuthorizationServerConfig, *, oidc: bool) -> dict[str, Any]:
+    """RFC 8414 §2 (and OIDC Discovery 1.0 §3 with ``oidc``): every REQUIRED and RECOMMENDED member that
+    applies; ``tests/e2e/test_interop_standards.py`` holds the list and checks it."""
     published = [s.name for s in server.scopes if s.metadata_publish == "ALL_CLIENTS"]
     doc: dict[str, Any] = {
         "issuer": issuer,
@@ -36,9 +45,15 @@ def metadata_document(issuer: str, server: AuthorizationServerConfig, *, oidc: b
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        # RFC 8414 §2: with private_key_jwt listed, the signing algorithms "MUST be present" for each endpoint.
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "code_challenge_methods_supported": ["S256"],
-        "claims_supported": ["ver", "jti", "iss", "aud", "iat", "exp", "cid", "uid", "scp", "sub"],
+        "claims_supported": access_token_claim_names(server),
         "request_parameter_supported": False,
+        # RFC 9207 §3: every authorization response (success and error) carries ``iss`` (the mix-up defence).
+        "authorization_response_iss_parameter_supported": True,
     }
     if oidc:
         doc["userinfo_endpoint"] = f"{issuer}/v1/userinfo"
@@ -72,4 +87,4 @@ def keys_endpoint(ctx: CoreContext) -> Endpoint:
     return keys
 
 
-__all__ = ["keys_endpoint", "metadata_document", "metadata_endpoint"]
+__all__ = ["access_token_claim_names", "keys_endpoint", "metadata_document", "metadata_endpoint"]

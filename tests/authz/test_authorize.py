@@ -131,7 +131,7 @@ class TestCodeFlow:
     async def test_public_client_must_use_pkce(self, core: Core) -> None:
         """A public client without code_challenge gets the PKCE error on the redirect."""
         params = redirect_params(await core.client.get(authorize_url(client_id="spa")))
-        assert params == {"error": "invalid_request", "state": "st-1",
+        assert params == {"error": "invalid_request", "state": "st-1", "iss": f"{ISSUER}/oauth2/orders",
                           "error_description": "PKCE code challenge is required by the application."}
         plain = redirect_params(await core.client.get(authorize_url(client_id="spa", code_challenge="x" * 43,
                                                                     code_challenge_method="plain")))
@@ -173,7 +173,7 @@ class TestAuthorizeErrors:
     async def test_user_not_assigned_on_the_redirect(self, core: Core) -> None:
         """An unassigned user is told so on the redirect, with state."""
         params = redirect_params(await sign_in(core.client, authorize_url(), username="bob@example.com"))
-        assert params == {"error": "access_denied", "state": "st-1",
+        assert params == {"error": "access_denied", "state": "st-1", "iss": f"{ISSUER}/oauth2/orders",
                           "error_description": "User is not assigned to the client application."}
 
     async def test_no_matching_policy_on_the_redirect(self, core: Core) -> None:
