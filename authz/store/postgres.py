@@ -124,11 +124,15 @@ class _Watchdog:
 
 
 def _masked(url: str) -> str:
+    """The URL for stderr: a password, in the userinfo or as libpq's ``?password=`` parameter, is ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        masked = [(name, "***" if name == "password" else value) for name, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
 
 
 def split_schema(url: str) -> tuple[str, str | None]:

@@ -114,3 +114,13 @@ def test_store_lock_wait_is_cancelled_by_the_server(store: PostgresStore, postgr
         locker.rollback()
     assert not store.down
     assert store.changes_since(0) == []
+
+
+def test_store_error_never_shows_a_password_query_parameter() -> None:
+    """libpq also takes the password as ``?password=``: stderr's line masks it like the userinfo's."""
+    from authz.store import open_store
+
+    with pytest.raises(StoreError) as info:
+        open_store("postgresql://scopegate@127.0.0.1:1/db?password=hunter2&sslmode=disable", timeout=TIMEOUT)
+    assert "hunter2" not in str(info.value) and "password=***" in str(info.value)
+    assert info.value.description == UNAVAILABLE
