@@ -77,7 +77,7 @@ class ProxyApp:
     def configure(self, config: ScopegateConfig) -> None:
         """Build every per-configuration table (start-up and SIGHUP)."""
         self.cfg = config
-        self.guard = ParseGuard(config.proxy.limits, config.proxy.identity, config.proxy.strip_headers)
+        self.guard = ParseGuard(config.proxy.limits, config.proxy.identity, config.proxy.strip_headers, config.routes)
         self.routes = RouteTable(config.routes)
         self.resources = ResourceMap(config)
         self.policies: dict[str, IssuerPolicy] = build_issuer_policies(config, self.keys)
@@ -200,7 +200,7 @@ class ProxyApp:
             head, path, verified, _ = await self._authorize(http_scope, receive, decision)
             if self.forwarder is None or self.forwarder.session is None:
                 raise GateError(502, reasons.UPSTREAM_UNAVAILABLE, "WebSocket upgrades need an HTTP upstream.")
-            headers = self.headers.upstream_headers(head, http_scope, verified)
+            headers = self.headers.upstream_headers(head, http_scope, verified, decision.route)
             query = head.query.decode("latin-1")
             url = self.forwarder.base + path + ("?" + query if query else "")
             started = time.perf_counter()
@@ -312,7 +312,9 @@ class ProxyApp:
             # Read only now: a request whose header token fails never makes the proxy wait for or hold its body.
             body = await self._scanned_form(receive, head, resource.as_id)
         self._check_scopes(route, verified, resource.as_id)                                             # 9
-        decision.allow(reasons.STALE_REVOCATION if stale else reasons.OK)
+        # Issue 10 item 3: allowed on ``scope`` although ``scp`` disagreed; the log line says so (bad_claims).
+        decision.allow(reasons.STALE_REVOCATION if stale else reasons.BAD_CLAIMS if verified.scope_conflict
+                       else reasons.OK)
         return head, path, verified, body
 
     async def _verify(self, token: str, as_id: str, decision: Decision) -> VerifiedToken:
@@ -383,7 +385,8 @@ class ProxyApp:
         else:
             if body is None:
                 body = self._body(receive, head)
-            headers = self.headers.upstream_headers(head, scope, verified)
+            # The route's claim headers; a claim that cannot be sent is a 401 bad_claims before anything is sent.
+            headers = self.headers.upstream_headers(head, scope, verified, decision.route)
         query = head.query.decode("latin-1")
         target = path + ("?" + query if query else "")
         started = time.perf_counter()

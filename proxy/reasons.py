@@ -63,7 +63,9 @@ INTROSPECTION_UNAVAILABLE: Final = "introspection_unavailable"
 UPSTREAM_TIMEOUT: Final = "upstream_timeout"
 INTERNAL_ERROR: Final = "internal_error"
 
-ALLOW_REASONS: Final = (OK, PUBLIC, PREFLIGHT, STALE_REVOCATION)
+ALLOW_REASONS: Final = (OK, PUBLIC, PREFLIGHT, STALE_REVOCATION, BAD_CLAIMS)
+"""``bad_claims`` allows only when a token's ``scope`` and ``scp`` disagree and ``scope`` grants the route
+(issue 10 item 3); every other ``bad_claims`` is a denial."""
 DENY_REASONS: Final = (
     BAD_FRAMING, BAD_METHOD, BAD_PATH, BAD_HEADER, METHOD_NOT_ALLOWED, TOO_LARGE, HEADERS_TOO_LARGE, TARGET_TOO_LONG, READ_TIMEOUT,
     NO_RESOURCE, NO_ROUTE, MISSING_TOKEN, INVALID_REQUEST, MALFORMED, TOO_LONG, BAD_HEADER_PARAM, BAD_TYPE,

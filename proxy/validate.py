@@ -20,6 +20,7 @@ PyJWT verifies the signature; everything it accepts but must not (security.md §
 - ``sub``, ``jti`` and the client id (``client_id``, or Okta's ``cid``) present and typed; the values
   that become upstream headers are printable ASCII and bounded (security.md §3.9);
 - scopes from ``scope`` (RFC 9068: a space-delimited string) or ``scp`` (Okta: an array), typed strictly;
+  when both are present and disagree, ``scope`` decides and the request is logged ``bad_claims``;
 - an ID token never passes (RFC 8725 §3.12): wrong ``typ``, wrong ``aud``, ID-token claims, and for the
   co-located core a ``jti`` that is not an access token's (``authz/jti.py``).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -42,6 +44,8 @@ from authz.errors import BearerError
 from config.schema import ACCESS_TOKEN_MINUTES_MAX, ScopegateConfig
 from proxy import reasons
 from proxy.keys_api import KeyResolver
+
+log = logging.getLogger("scopegate.proxy")
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
@@ -81,6 +85,9 @@ class VerifiedToken:
     """The granted scopes, space-separated in the token's order (the scopes identity header)."""
     exp: float
     claims: Mapping[str, Any]
+    scope_conflict: bool = False
+    """Both ``scope`` and ``scp`` were present and named different scopes: ``scopes`` holds ``scope``'s
+    (issue 10 item 3), and the decision log records the request as ``bad_claims``."""
 
 
 def build_issuer_policies(cfg: ScopegateConfig, keys: KeyResolver) -> dict[str, IssuerPolicy]:
@@ -248,7 +255,11 @@ class TokenValidator:
         if not isinstance(client_id, str) or not _HEADER_VALUE.fullmatch(client_id):
             fail(reasons.BAD_CLAIMS, "The access token client_id is missing or not a printable string.")
 
-        scope_list = self._scopes(claims, fail)
+        scope_list, conflict = self._scopes(claims, fail)
+        if conflict:
+            # Logged once per validation (the cache keeps the verdict), with no client-chosen text but the jti.
+            log.warning("access token %s of %s carries scope and scp claims that disagree; using scope (bad_claims)",
+                        jti, policy.as_id)
         return VerifiedToken(
             as_id=policy.as_id,
             subject=sub,
@@ -257,10 +268,18 @@ class TokenValidator:
             scope_header=" ".join(scope_list),
             exp=float(exp),
             claims=MappingProxyType(claims),
+            scope_conflict=conflict,
         )
 
     @staticmethod
-    def _scopes(claims: Mapping[str, Any], fail: _Fail) -> list[str]:
+    def _scopes(claims: Mapping[str, Any], fail: _Fail) -> tuple[list[str], bool]:
+        """The granted scopes, and whether ``scope`` and ``scp`` disagreed.
+
+        Issue 10 item 3: either claim is read; when both are present and name different sets, ``scope`` wins:
+        the token declares the RFC 9068 profile (``typ: at+jwt``), whose claim it is, and both sit under the
+        same issuer signature, so a disagreement is the issuer's mistake, not a client's forgery. The caller
+        reports it as ``bad_claims``. Each claim must still be well-formed on its own: a malformed ``scp``
+        beside a good ``scope`` is refused, not ignored."""
         scope, scp = claims.get("scope"), claims.get("scp")
         from_scope: list[str] | None = None
         from_scp: list[str] | None = None
@@ -273,9 +292,9 @@ class TokenValidator:
             if not isinstance(scp, list) or not all(isinstance(s, str) for s in scp):
                 fail(reasons.BAD_CLAIMS, "The access token scp claim must be an array of strings.")
             from_scp = list(scp)
+        for names in (from_scope, from_scp):
+            if names is not None and (len(names) > _MAX_SCOPES or not all(_SCOPE_TOKEN.fullmatch(n) for n in names)):
+                fail(reasons.BAD_CLAIMS, "The access token scopes are malformed.")
         names = from_scope if from_scope is not None else (from_scp or [])
-        if len(names) > _MAX_SCOPES or not all(_SCOPE_TOKEN.fullmatch(n) for n in names):
-            fail(reasons.BAD_CLAIMS, "The access token scopes are malformed.")
-        if from_scope is not None and from_scp is not None and set(from_scope) != set(from_scp):
-            fail(reasons.BAD_CLAIMS, "The access token scope and scp claims disagree.")
-        return list(dict.fromkeys(names))
+        conflict = from_scope is not None and from_scp is not None and set(from_scope) != set(from_scp)
+        return list(dict.fromkeys(names)), conflict

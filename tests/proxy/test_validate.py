@@ -76,6 +76,14 @@ class TestAccepts:
         assert verified.scopes == frozenset({"orders:read", "orders:write"})
         assert verified.scope_header == "orders:read orders:write"
 
+    async def test_scope_claim_disagreeing_with_scp_scope_wins_and_is_flagged(self) -> None:
+        """Issue 10 item 3: with both claims and different scopes, ``scope`` (RFC 9068's) decides and the token
+        is marked, so that the decision log says ``bad_claims``; agreeing claims (any order) are not marked."""
+        verified = await validate(mint(claims(scp=["orders:read"], scope="orders:write")))
+        assert verified.scopes == frozenset({"orders:write"}) and verified.scope_conflict
+        agreeing = await validate(mint(claims(scp=["orders:write", "orders:read"], scope="orders:read orders:write")))
+        assert agreeing.scopes == frozenset({"orders:read", "orders:write"}) and not agreeing.scope_conflict
+
     async def test_exp_inside_leeway(self) -> None:
         """A token expired less than the leeway ago still passes (RFC 9068 §4: a small leeway)."""
         await validate(mint(claims(iat=int(NOW) - 3600, exp=int(NOW) - 59)), leeway=60)
@@ -206,7 +214,7 @@ class TestClaims:
         ({"client_id": "other"}, "bad_claims"),
         ({"scope": ["admin"]}, "bad_claims"), ({"scp": "orders:read"}, "bad_claims"), ({"scp": [1]}, "bad_claims"),
         ({"scp": DROP, "scope": "read\twrite"}, "bad_claims"), ({"scp": DROP, "scope": "read  write"}, "bad_claims"),
-        ({"scope": "orders:write"}, "bad_claims"),
+        ({"scope": "orders:write", "scp": ["orders:read", 1]}, "bad_claims"),  # scope wins, but scp must be well-formed
         ({"nonce": "n"}, "bad_type"), ({"at_hash": "x"}, "bad_type"),
         ({"cnf": {"jkt": "abc"}}, "bad_claims"),
     ])
