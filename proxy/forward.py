@@ -135,9 +135,10 @@ class RequestBody:
                 yield chunk
 
 
-_CLAIM_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f]|^ | $")
-"""C0 and C1 control characters and DEL (header injection, and parsers that read NEL as a line break), and a
-leading or trailing space, which the upstream's parser trims: it must read the token's value, not another."""
+_CLAIM_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|^ | $")
+"""C0 and C1 control characters and DEL (header injection, and parsers that read NEL as a line break), a lone
+surrogate (JSON's ``\ud800`` has no UTF-8 form), and a leading or trailing space, which the upstream's parser
+trims: it must read the token's value, not another."""
 
 
 class ClaimHeaders:
@@ -159,7 +160,7 @@ class ClaimHeaders:
                 continue
             text = _claim_text(value)
             if (text is None or _CLAIM_REFUSED.search(text) is not None or len(text) > self.max_bytes
-                    or (not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > self.max_bytes)):
+                    or (not text.isascii() and len(text.encode("utf-8")) > self.max_bytes)):
                 raise BearerError("invalid_token", "The access token carries a claim that cannot be passed on.",
                                   realm=realm, reason=reasons.BAD_CLAIMS)
             out.append((header, text))

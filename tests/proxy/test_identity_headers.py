@@ -3,17 +3,26 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from authz.errors import BearerError
 from config.schema import ScopegateConfig
+from proxy.app import ProxyApp
 from proxy.forward import ClaimHeaders, HeaderPlan
 from proxy.guard import ParseGuard
+from proxy.metrics import ProxyMetrics
+from tests.clock import Clock
 from tests.proxy.conftest import Gate, make_gate
-from tests.proxy.gatekit import RecordingUpstream, claims, gate_config, mint
+from tests.proxy.gatekit import NOW, FakeRevocation, RecordingUpstream, claims, default_keys, gate_config, mint
+from tests.proxy.test_websocket import EchoUpstream, serve
 
 CLAIMS = {"X-User-Id": "uid", "X-Tenant": "org.tenant_id", "X-Groups": "groups", "X-Email": "email"}
 
@@ -64,11 +73,11 @@ class TestClaimValues:
 
     @pytest.mark.parametrize("value", [
         "a\r\nX-Injected: 1", "a\nb", "tab\there", "nul\x00", "del\x7f", "nel\x85", " leading", "trailing ",
-        "x" * 65, "é" * 33, {"an": "object"}, ["a,b"], [["nested"]], [{"a": 1}], [None], float("inf"),
+        "x" * 65, "é" * 33, "lone\ud800surrogate", {"an": "object"}, ["a,b"], [["nested"]], [{"a": 1}], [None], float("inf"),
     ])
     def test_identity_claims_values_that_cannot_be_sent_faithfully_are_bad_claims(self, value: Any) -> None:
-        """Control characters (header injection), edge spaces the upstream would trim, over the byte cap (UTF-8),
-        objects, and arrays whose join would be ambiguous refuse the token: 401 invalid_token, bad_claims."""
+        """Control characters (header injection), edge spaces the upstream would trim, over the byte cap (UTF-8), a
+        lone surrogate (no UTF-8 form), objects, and arrays whose join would be ambiguous refuse the token: 401 invalid_token, bad_claims."""
         with pytest.raises(BearerError) as caught:
             self.plan(X="c").values({"c": value}, "orders")
         assert (caught.value.status_code, caught.value.error, caught.value.reason) == (401, "invalid_token",
@@ -184,3 +193,45 @@ class TestStripHeaderPrefixes:
         guard = ParseGuard(cfg.proxy.limits, cfg.proxy.identity, cfg.proxy.strip_headers, cfg.routes)
         assert "x-legacy-anything" in guard.protected and "x-legacy" not in guard.protected
         assert "x-legacy-anything" in HeaderPlan(cfg).protected
+
+
+class TestClaimHeadersOnWebSockets:
+    @pytest.fixture
+    async def ws_gate(self) -> AsyncIterator[tuple[str, EchoUpstream, io.StringIO]]:
+        upstream = EchoUpstream()
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", upstream.handle)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        upstream.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        log = io.StringIO()
+        gate = ProxyApp(claim_config(upstream.url), default_keys(), FakeRevocation(), ProxyMetrics(CollectorRegistry()),
+                        log_stream=log, now=Clock(NOW))
+        await gate.startup()
+        try:
+            async with serve(gate) as url:
+                yield url, upstream, log
+        finally:
+            await gate.shutdown()
+            await runner.cleanup()
+
+    async def test_identity_claims_reach_a_websocket_upstream_and_bad_ones_refuse_the_handshake(
+            self, ws_gate: tuple[str, EchoUpstream, io.StringIO]) -> None:
+        """The handshake goes through the same plan: claim headers (not the client's copies) reach the upstream;
+        a claim that cannot be sent refuses the upgrade with 401 and the upstream sees no handshake."""
+        url, upstream, log = ws_gate
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {user_token()}", "X-Tenant": "t-evil"}
+            async with session.ws_connect(f"{url}/orders/feed", headers=headers) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=5)).data == "echo:hi"
+            [handshake] = upstream.handshakes
+            assert handshake["x-tenant"] == ["t-7"]
+            assert handshake["x-groups"] == ["eng,ops"]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{url}/orders/feed", headers={
+                    "Authorization": f"Bearer {user_token(groups=['a,b'])}"})
+            assert refused.value.status == 401
+        assert len(upstream.handshakes) == 1
+        assert json.loads(log.getvalue().splitlines()[-1])["reason"] == "bad_claims"
