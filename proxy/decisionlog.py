@@ -9,13 +9,21 @@ The line is written on every request, so it is built without ``json.dumps`` in t
 string field is printable ASCII without ``"`` or ``\\`` (one regex over all of them), JSON escaping is the
 identity and the line is formatted directly; otherwise the whole entry goes through ``json.dumps``. Both
 paths produce the same bytes (tests/proxy/test_decisionlog.py checks it against ``json.dumps``).
+
+``scopegate run`` writes the lines through a ``LineWriter``: a writer thread that batches them into whole-line
+writes, instead of one write syscall per request (containers set ``PYTHONUNBUFFERED=1``; issue 11 item 3).
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import json
 import math
 import re
+import select
+import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -94,3 +102,115 @@ class DecisionLog:
         if self.stream is None:
             return
         self.stream.write(self.line(decision))
+
+
+PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
+"""The largest write a pipe keeps whole when several processes write to it (POSIX: at least 512; Linux 4096)."""
+
+
+class LineWriter:
+    """A ``TextIO``-like sink for whole lines, written to ``stream`` by a thread of its own.
+
+    ``write`` only appends to a deque, so the event loop never waits for the log's reader (except past
+    ``max_pending`` lines, when it waits as a plain blocking write would, rather than drop or grow without
+    bound). The thread wakes every ``interval`` seconds, or as soon as ``wake_bytes`` are pending, and writes
+    what is pending in writes of at most ``PIPE_BUF`` bytes made of whole lines (one longer line is one write
+    of its own): a pipe shared with other writers (the system log, other workers) never gets a line cut by
+    another. ``close`` (at SIGTERM, after the in-flight requests ended) writes everything before returning.
+
+    Each ``write`` must be whole lines, as ``DecisionLog.record`` writes them.
+    """
+
+    def __init__(self, stream: TextIO, *, interval: float = 0.1, wake_bytes: int = 64 * 1024,
+                 chunk_bytes: int = PIPE_BUF, max_pending: int = 100_000) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.wake_bytes = wake_bytes
+        self.chunk_bytes = chunk_bytes
+        self.max_pending = max_pending
+        self._lines: collections.deque[str] = collections.deque()
+        self._unsignalled = 0
+        """Bytes appended since the thread was last woken (the loop's side only)."""
+        self._queued = 0
+        """Lines appended (written by the loop's side only)."""
+        self._written = 0
+        """Lines taken by the writer (written under ``_lock`` only)."""
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="scopegate-decision-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)  # an exit that skips the orderly stop still writes what is pending
+
+    def write(self, text: str) -> int:
+        if self._closed:  # after close, as a plain stream would (nothing is dropped, nothing waits)
+            self._emit(text)
+            return len(text)
+        self._lines.append(text)
+        self._queued += 1
+        self._unsignalled += len(text)
+        if self._unsignalled >= self.wake_bytes:
+            self._unsignalled = 0
+            self._wake.set()
+            if self._queued - self._written > self.max_pending:
+                self.flush()  # the reader is behind by max_pending lines: wait, as a blocking write would
+        return len(text)
+
+    def flush(self) -> None:
+        """Write everything pending now, from the calling thread."""
+        with self._lock:
+            self._drain()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._thread.join()
+        self.flush()
+        atexit.unregister(self.close)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            with self._lock:
+                self._drain()
+
+    def _drain(self) -> None:
+        lines = self._lines
+        chunk: list[str] = []
+        size = 0
+        limit = self.chunk_bytes
+        while lines:
+            line = lines.popleft()
+            self._written += 1
+            if size and size + len(line) > limit:
+                self._emit_lines(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._emit_lines(chunk)
+
+    def _emit_lines(self, chunk: list[str]) -> None:
+        text = "".join(chunk)
+        # Sizes were counted in characters: only a non-ASCII line (a cut value's "…") can make the bytes more.
+        if len(chunk) > 1 and not text.isascii() and len(text.encode()) > self.chunk_bytes:
+            half = len(chunk) // 2
+            self._emit_lines(chunk[:half])
+            self._emit_lines(chunk[half:])
+            return
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        try:
+            # One write and a flush: unbuffered (PYTHONUNBUFFERED) that is one syscall; buffered, the buffer
+            # (8 KiB, empty after the previous flush) holds the whole chunk, and the flush is one syscall.
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # a closed or broken stdout: say so once, keep serving
+            self.errors += 1
+            if self.errors == 1:
+                print(f"scopegate: cannot write the decision log: {exc}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -40,6 +40,7 @@ from authz.syslog import SystemLog
 from config import ConfigError, load_config
 from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
+from proxy.decisionlog import LineWriter
 from proxy.keys import IssuerKeys, build_key_resolver
 from proxy.metrics import ProxyMetrics
 from proxy.ops import Check, build_ops_app
@@ -124,6 +125,7 @@ class Scopegate:
         self.store: Store | None = None
         self.poller: FeedPoller | None = None
         self.proxy_app: ProxyApp | None = None
+        self.decision_log: LineWriter | None = None
         self.keys: IssuerKeys | None = None
         self.background: list[asyncio.Task[None]] = []
         """The feed poller and the store pruner; cancelled at stop."""
@@ -175,7 +177,10 @@ class Scopegate:
         GCCollector(registry)  # python_gc_*: the collector's runs and what they freed (none expected, issue 11)
         metrics = ProxyMetrics(registry)
         registry.register(CoreShedding(syslog))
-        self.proxy_app = ProxyApp(cfg, keys, revocation, metrics, log_stream=self.out, now=self.now)
+        # Decision-log lines leave through a writer thread, in whole-line batches (issue 11 item 3).
+        self.decision_log = LineWriter(self.out)
+        self.proxy_app = ProxyApp(cfg, keys, revocation, metrics, log_stream=cast(TextIO, self.decision_log),
+                                  now=self.now)
         await self.proxy_app.startup()
 
         ctx = CoreContext(config=cfg, store=store, syslog=syslog, revocation=revocation, now=self.now,
@@ -332,6 +337,8 @@ class Scopegate:
             self.poller.close()
         if self.proxy_app is not None:
             await self.proxy_app.shutdown()
+        if self.decision_log is not None:
+            self.decision_log.close()  # every request has ended: write its line before exiting
         if self.keys is not None:
             await self.keys.aclose()
         if self.store is not None:
