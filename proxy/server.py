@@ -43,10 +43,12 @@ from proxy.app import ProxyApp
 from proxy.decisionlog import LineWriter
 from proxy.keys import IssuerKeys, build_key_resolver
 from proxy.metrics import ProxyMetrics
-from proxy.ops import Check, build_ops_app
+from proxy.ops import BackgroundCheck, Check, build_ops_app
 from proxy.protocol import guarded_protocol
 
 EXIT_STARTUP = 2
+STORE_CHECK_INTERVAL = 0.5
+"""Seconds between two background store checks (what /readyz reports)."""
 
 
 class StartupError(Exception):
@@ -128,7 +130,8 @@ class Scopegate:
         self.decision_log: LineWriter | None = None
         self.keys: IssuerKeys | None = None
         self.background: list[asyncio.Task[None]] = []
-        """The feed poller and the store pruner; cancelled at stop."""
+        """The feed poller, the store pruner and the store health check; cancelled at stop."""
+        self.store_health: BackgroundCheck | None = None
 
     # ------------------------------------------------------------------------------------------ start
 
@@ -149,9 +152,9 @@ class Scopegate:
     async def _build(self, socks: dict[str, socket.socket]) -> None:
         cfg = self.cfg
         try:
-            store = await asyncio.to_thread(open_store, cfg.store)
+            store = await asyncio.to_thread(open_store, cfg.store, cfg.store_timeout)
         except ScopegateError as exc:
-            raise StartupError(exc.description or str(exc)) from None
+            raise StartupError(str(exc) or exc.description) from None
         self.store = store
         # Password and secret hashing on a bounded pool of its own (issue 8 item 5).
         configure_hashing(cfg.core.hashing_threads, cfg.core.hashing_queue)
@@ -188,8 +191,12 @@ class Scopegate:
                           token_metrics=TokenMetrics(registry, [s.id for s in cfg.authorization_servers]))
         self.ctx = ctx
         self.revocation = revocation
+        # Issue 12: the last known store health, from a check on a thread of its own; never a ping on the loop.
+        self.store_health = BackgroundCheck("store", store.ping, interval=STORE_CHECK_INTERVAL,
+                                            deadline=cfg.store_timeout + 0.5)
+        await self.store_health.run_once()
         checks = [
-            Check("store", lambda: _ping(store)),
+            self.store_health.check(),
             Check("revocation_feed", lambda: "stale" if revocation.is_stale(self.now()) else None),
         ]
         apps: dict[str, Any] = {"proxy": self.proxy_app, "ops": build_ops_app(registry, checks)}
@@ -200,7 +207,8 @@ class Scopegate:
             listener = Listener(name, sock.getsockname()[0], apps[name], tls=name in tls_names, sock=sock)
             await self._serve(listener)
             self.listeners.append(listener)
-        self.background = [asyncio.create_task(self.poller.run()), asyncio.create_task(self._prune_forever())]
+        self.background = [asyncio.create_task(self.poller.run()), asyncio.create_task(self._prune_forever()),
+                           asyncio.create_task(self.store_health.run())]
         settle_heap()
 
     async def _serve(self, listener: Listener) -> None:
@@ -276,7 +284,7 @@ class Scopegate:
         try:
             return await asyncio.to_thread(self.store.prune, self.now(), retention)
         except ScopegateError as exc:
-            print(f"scopegate: pruning the store failed, will retry: {exc.description or exc}", file=sys.stderr,
+            print(f"scopegate: pruning the store failed, will retry: {exc}", file=sys.stderr,
                   flush=True)
             return 0
 
@@ -335,6 +343,8 @@ class Scopegate:
                 await background
         if self.poller is not None:
             self.poller.close()
+        if self.store_health is not None:
+            self.store_health.close()
         if self.proxy_app is not None:
             await self.proxy_app.shutdown()
         if self.decision_log is not None:
@@ -358,14 +368,6 @@ class CoreShedding(Collector):
         yield CounterMetricFamily("scopegate_hashing_shed",
                                   "Password/secret checks refused: the hashing pool was saturated (core.hashingQueue).",
                                   value=hashing_pool().shed)
-
-
-def _ping(store: Store) -> str | None:
-    try:
-        store.ping()
-    except ScopegateError as exc:
-        return exc.description or "unreachable"
-    return None
 
 
 def run(config_path: str | None) -> int:
