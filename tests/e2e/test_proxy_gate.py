@@ -334,8 +334,12 @@ def test_metrics_names_and_labels(gate: RunningScopegate, upstream: RecordingUps
     assert 0 <= age < 5
     assert samples[("scopegate_requests_in_flight", frozenset())] == 0
     label_names = {name for (metric, labels) in samples if metric.startswith("scopegate_") for name, _ in labels}
-    # The core's token counter (issue 9) adds the bounded AS id, grant type and outcome.
-    assert label_names <= {"route", "decision", "reason", "result", "le", "authorization_server", "grant_type", "outcome"}
+    # The core's token counter (issue 9) adds the bounded AS id, grant type and outcome; the readiness gauge
+    # (issue 12) names its check (store, revocation_feed).
+    assert label_names <= {"route", "decision", "reason", "result", "le", "authorization_server", "grant_type", "outcome",
+                           "check"}
+    checks = {value for (metric, labels) in samples if metric == "scopegate_readiness_check" for name, value in labels}
+    assert checks <= {"store", "revocation_feed"}
 
 
 def test_one_decision_log_line_per_request_without_the_token(gate: RunningScopegate, upstream: RecordingUpstream) -> None:
