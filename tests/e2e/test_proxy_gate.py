@@ -411,7 +411,8 @@ def test_stale_revocation_state_denies_with_503(scopegate: Callable[..., Running
             assert httpx.get(f"{gate.proxy}/api/public/x").status_code == 200   # public routes need no revocation state
             locker.rollback()
         wait_for(lambda: httpx.get(f"{gate.proxy}/api/orders", headers=bearer(access)).status_code == 200, 10)
-        assert any(d["reason"] == "stale_revocation" and d["status"] == 503 for d in decision_lines(gate))
+        wait_for(lambda: any(d["reason"] == "stale_revocation" and d["status"] == 503
+                             for d in decision_lines(gate)))  # the decision log is written in batches
         gate.stop()
     finally:
         admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

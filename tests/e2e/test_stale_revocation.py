@@ -80,7 +80,8 @@ def test_stale_feed_fails_readiness_and_denies_with_503(scopegate: Callable[...,
                       reason="stale_revocation") >= 1
         locker.rollback()
     wait_for(lambda: ready(gate) == 200 and orders(gate, access) == 200, 10)
-    assert any(d["reason"] == "stale_revocation" and d["status"] == 503 for d in decision_lines(gate))
+    # The decision log is written in batches (at least every 100 ms), after the answers.
+    wait_for(lambda: any(d["reason"] == "stale_revocation" and d["status"] == 503 for d in decision_lines(gate)))
     gate.stop()
 
 
@@ -100,6 +101,7 @@ def test_stale_feed_with_on_stale_allow_keeps_the_last_state(scopegate: Callable
         assert sample(gate, "scopegate_requests_total", route="orders-read", decision="allow",
                       reason="stale_revocation") >= 1
         locker.rollback()
+    wait_for(lambda: any(d["reason"] == "stale_revocation" for d in decision_lines(gate)))  # written in batches
     stale = [d for d in decision_lines(gate) if d["reason"] == "stale_revocation"]
     assert stale and all(d["status"] == 200 for d in stale)
     gate.stop()

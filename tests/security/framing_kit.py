@@ -88,8 +88,9 @@ class FramingGate:
     def cursor(self) -> UpstreamCursor:
         return UpstreamCursor(self.upstream, [len(c.data) for c in self.upstream.snapshot()])
 
-    def settle(self, cursor: UpstreamCursor, quiet: float = 0.15, limit: float = 5.0) -> None:
-        """Wait until neither the decision log nor the upstream has changed for ``quiet`` seconds."""
+    def settle(self, cursor: UpstreamCursor, quiet: float = 0.3, limit: float = 5.0) -> None:
+        """Wait until neither the decision log nor the upstream has changed for ``quiet`` seconds (longer than
+        the decision log's 100 ms batching interval, with room for a loaded machine)."""
         deadline = time.monotonic() + limit
         last: tuple[int, int, int] | None = None
         stable_since = time.monotonic()
