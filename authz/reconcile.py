@@ -17,6 +17,7 @@ from typing import Any
 
 from authz.documents import dump, ensure_ids
 from authz.keys import ensure_signing_keys
+from authz.management.revoking import Watermark, has_access, watermark_entry
 from authz.passwords import hash_secret, verify_secret
 from authz.store.base import ObjectKind, Store, StoredObject, StoreTx
 from authz.syslog import SystemLog, make_event
@@ -96,6 +97,7 @@ def reconcile(store: Store, cfg: ScopegateConfig, now: float, syslog: SystemLog 
                 report.overwritten.append(key)
             _log(tx, syslog, kind, id, "update", before.document, document, now, overwrite=before.origin == "api")
             _revoke_for_change(tx, kind, id, before.document, document, now)
+        _revoke_lost_access(tx, existing, desired, report, now)
         for key, before in existing.items():
             if before.origin == "config" and key not in desired:
                 kind, id = key
@@ -132,6 +134,28 @@ def _revoke_for_change(tx: StoreTx, kind: ObjectKind, id: str, before: dict[str,
         return
     tx.append_change("watermark", {"scope": scope, "key": id, "before_seq": tx.current_token_seq(),
                                    "exp": now + WATERMARK_TTL})
+
+
+def _revoke_lost_access(tx: StoreTx, existing: dict[tuple[ObjectKind, str], StoredObject],
+                        desired: dict[tuple[ObjectKind, str], tuple[dict[str, Any], str | None]],
+                        report: ReconcileReport, now: float) -> None:
+    """A user+client watermark for each user the file's changes leave without access to a client (removed
+    from the assigned group, or the direct assignment dropped), as the management API writes (``lost_access``).
+
+    A changed app already gets a client watermark, so only changed users need the pairwise check here; a user
+    who keeps access another way keeps their tokens.
+    """
+    changed_users = [id for kind, id in report.updated if kind == "user"]
+    if not changed_users:
+        return
+    apps = {id: obj.document for (kind, id), obj in existing.items() if kind == "app"}
+    for user_id in changed_users:
+        before, after = existing[("user", user_id)].document, desired[("user", user_id)][0]
+        for client_id, app in apps.items():
+            app_after = desired.get(("app", client_id), (app, None))[0]
+            if has_access(app, before) and not has_access(app_after, after):
+                tx.append_change("watermark", watermark_entry(Watermark.user_client(user_id, client_id),
+                                                              tx.current_token_seq(), now))
 
 
 def _log(tx: StoreTx, syslog: SystemLog | None, kind: ObjectKind, id: str, verb: str,

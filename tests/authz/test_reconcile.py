@@ -187,3 +187,25 @@ def test_api_change_from_another_process_during_a_reload_is_overwritten(tmp_path
     finally:
         store.close()
         other.close()
+
+
+def test_user_removed_from_the_assigned_group_by_the_file_revokes_that_users_tokens_for_the_client(
+        store: SqliteStore) -> None:
+    """The brief's implicit revocation when a user loses access to a client (unassigned), through a config
+    reload: a user+client watermark, as the management API writes. A user who keeps access another way (a
+    direct assignment) keeps their tokens."""
+    reconcile(store, config(), NOW)
+    seq = store.last_change_seq()
+    reconcile(store, config(lambda d: d["users"][0].update(groups=[])), NOW + 60)
+    marks = [(c.data["scope"], c.data["key"]) for c in store.changes_since(seq) if c.kind == "watermark"]
+    assert marks == [("user_client", "alice|web")]
+
+    def direct(doc: dict[str, Any]) -> None:
+        doc["users"][0]["groups"] = []
+        doc["apps"][1]["assignments"]["users"] = ["alice"]
+
+    reconcile(store, config(), NOW + 120)
+    reconcile(store, config(lambda d: d["apps"][1]["assignments"].update(users=["alice"])), NOW + 180)
+    seq = store.last_change_seq()
+    reconcile(store, config(direct), NOW + 240)
+    assert [c.data for c in store.changes_since(seq) if c.kind == "watermark" and c.data["scope"] == "user_client"] == []
