@@ -57,6 +57,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """Seconds from the end of a head to the end of its body; None leaves bodies to the app."""
     max_target_bytes: int = 8192
     max_head_bytes: int = 8192 + 16384 + _HEAD_SLACK
+    max_trailer_bytes: int = 16384 + _HEAD_SLACK
+    """A chunk-size line plus a chunked body's trailer fields (issue 8, item 13: they are dropped, never kept)."""
     max_connections: int = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -65,8 +67,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started: float | None = None
         """``loop.time()`` when the head being read began; None between heads."""
         self._head_bytes = 0
-        """Bytes fed to the parser since the head being read began."""
-        self._reading_head = True
+        """Bytes fed to the parser since the bounded section being read (a head, or a chunked body's trailers) began."""
+        self._bounded: int | None = self.max_head_bytes
+        """The byte limit of the section being read; None while a body streams (the app bounds bodies)."""
         self._body_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -77,9 +80,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        # Feed a head no further than its budget: what is past it is never buffered, parsed or kept.
-        while self._reading_head and not self.transport.is_closing():
-            budget = self.max_head_bytes - self._head_bytes
+        # Feed a head (or trailers) no further than its budget: what is past it is never buffered, parsed or kept.
+        while self._bounded is not None and not self.transport.is_closing():
+            budget = self._bounded - self._head_bytes
             if budget <= 0:
                 self._refuse(431, "Request Header Fields Too Large")
                 return
@@ -130,17 +133,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().on_header(name, value)
 
+    # A chunked body ends with a 0-size chunk and optional trailer fields, which httptools buffers like header
+    # values (``bytes +=``) until each ends. llhttp reports every chunk's header before its data, so the bytes
+    # after a chunk header and before its first data are read under the trailer budget, as a head is.
+
+    def on_chunk_header(self) -> None:
+        self._bounded = self.max_trailer_bytes
+        self._head_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._bounded = None
+        super().on_body(body)
+
     def on_headers_complete(self) -> None:
         self._check_framing()
         self._head_started = None
-        self._reading_head = False
+        self._bounded = None
         super().on_headers_complete()
         if self.body_timeout is not None and self._body_deadline is None:
             self._body_deadline = self.loop.call_later(self.body_timeout, self._body_too_slow)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._reading_head = True
+        self._bounded = self.max_head_bytes
         self._head_bytes = 0
         if self._body_deadline is not None:
             self._body_deadline.cancel()
@@ -236,7 +251,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, phrase: str, extra: bytes = b"") -> None:
         """Answer ``status`` (unless a response is already under way) and close the connection."""
         self._head_started = None
-        self._reading_head = False
+        self._bounded = None
         if self.transport.is_closing():
             return
         cycle = self.cycle
@@ -287,5 +302,6 @@ def guarded_protocol(header_timeout: float, *, max_target_bytes: int = 8192, max
         "body_timeout": body_timeout,
         "max_target_bytes": max_target_bytes,
         "max_head_bytes": max_target_bytes + max_header_bytes + _HEAD_SLACK,
+        "max_trailer_bytes": max_header_bytes + _HEAD_SLACK,
         "max_connections": max_connections,
     })

@@ -115,6 +115,27 @@ def test_many_small_headers_are_cut_off_at_the_head_limit(running: RunningScopeg
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
+@pytest.mark.parametrize("listener", ["proxy", "core"])
+def test_unbounded_chunked_trailer_is_cut_off_at_the_header_limit(running: RunningScopegate, listener: str) -> None:
+    """A chunked body's last chunk followed by an ever-growing trailer field: httptools buffers trailers as it
+    buffers header values, so they are bounded like a head (431 and closed), never read to the end."""
+    path = b"/api/public" if listener == "proxy" else b"/oauth2/demo/v1/token"
+    sent, answer = stream(getattr(running, listener), b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
+    assert sent < 1024 * 1024, f"{listener} read {sent} bytes of one trailer without answering"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_chunked_body_larger_than_the_trailer_budget_still_streams(running: RunningScopegate) -> None:
+    """The trailer budget covers only what follows a chunk header before its data: big chunks pass."""
+    body = b"a" * 200_000
+    chunked = b"%x\r\n%s\r\n0\r\nX-T: 1\r\n\r\n" % (len(body), body)
+    with socket.create_connection(address(running.proxy), timeout=10) as sock:
+        sock.sendall(b"POST /api/public HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_idle_connection_is_closed_at_the_read_deadline(running: RunningScopegate, listener: str) -> None:
     """A connection that never sends a byte is closed after readTimeout (the core and ops kept them forever)."""
