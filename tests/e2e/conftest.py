@@ -8,6 +8,7 @@ process exits cleanly.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ from typing import IO, Any
 import httpx
 import pytest
 import yaml
+
+from tests.e2e.recording_upstream import RecordingUpstream
 
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 
@@ -143,3 +146,17 @@ def scopegate(tmp_path: Path) -> Iterator[Callable[..., RunningScopegate]]:
     yield start
     for gate in started:
         gate.stop()
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingUpstream]:
+    """The recording upstream of tests/e2e/recording_upstream.py, on a free port, for one test."""
+    server = RecordingUpstream().start()
+    yield server
+    server.stop()
+
+
+def decision_lines(gate: RunningScopegate) -> list[dict[str, Any]]:
+    """The proxy's decision-log lines so far (one JSON object per request, written in batches of at most 100 ms)."""
+    return [json.loads(line) for line in gate.output().splitlines()
+            if line.startswith("{") and '"requestId"' in line]

@@ -3,31 +3,18 @@ and SIGTERM right after a burst still writes every one of them, whole and in ord
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import RunningScopegate
+from tests.e2e.conftest import RunningScopegate, decision_lines
 from tests.e2e.recording_upstream import RecordingUpstream
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
-
-
-def decision_lines(gate: RunningScopegate) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in gate.output().splitlines() if line.startswith('{"time"')]
 
 
 def test_decision_log_sigterm_right_after_a_burst_loses_no_line(scopegate: Callable[..., RunningScopegate],

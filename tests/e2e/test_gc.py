@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,13 +19,6 @@ from tests.e2e.recording_upstream import RecordingUpstream
 pytestmark = pytest.mark.e2e
 
 SECRET = "gc-secret-0123456789abcdef"
-
-
-@pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 def gc_figures(gate: RunningScopegate) -> dict[tuple[str, str], float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.e2e
 REDIRECT = "https://app.example.com/callback"
 FLOOD_SECONDS = 3.0
 BURST = 320
-
-
-@pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 def flood_config(upstream_url: str) -> dict[str, Any]:

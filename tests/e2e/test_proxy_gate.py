@@ -4,13 +4,12 @@ core (client_credentials)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -18,7 +17,7 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import RunningScopegate, free_port
+from tests.e2e.conftest import RunningScopegate, decision_lines, free_port
 from tests.e2e.recording_upstream import RecordingUpstream, raw_request, status_of
 
 pytestmark = pytest.mark.e2e
@@ -56,13 +55,6 @@ def config(upstream_url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def gate(scopegate: Callable[..., RunningScopegate], upstream: RecordingUpstream) -> RunningScopegate:
     return scopegate(config(upstream.url))
 
@@ -86,14 +78,6 @@ def metrics(gate: RunningScopegate) -> dict[tuple[str, frozenset[tuple[str, str]
 
 def sample(gate: RunningScopegate, name: str, **labels: str) -> float:
     return metrics(gate).get((name, frozenset(labels.items())), 0.0)
-
-
-def decision_lines(gate: RunningScopegate) -> list[dict[str, Any]]:
-    lines = []
-    for line in gate.output().splitlines():
-        if line.startswith("{") and '"requestId"' in line:
-            lines.append(json.loads(line))
-    return lines
 
 
 def last_reason(gate: RunningScopegate) -> str | None:

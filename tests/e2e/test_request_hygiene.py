@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -16,13 +16,6 @@ from tests.e2e.test_proxy_gate import config, token
 pytestmark = pytest.mark.e2e
 
 HOST = b"api.example.com"
-
-
-@pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -23,13 +23,6 @@ BASE = os.environ.get("SCOPEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.
 
 
 @pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def schema() -> Iterator[str]:
     import psycopg
 

@@ -39,13 +39,6 @@ MAX_STALENESS = 3.0
 
 
 @pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def relay() -> Iterator[FaultProxy]:
     parts = urlsplit(BASE)
     proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()

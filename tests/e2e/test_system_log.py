@@ -4,7 +4,7 @@ through the real process, one denial is the same event in both places."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,13 +15,6 @@ from tests.e2e.recording_upstream import RecordingUpstream
 from tests.e2e.test_proxy_gate import SECRET, config, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 def stdout_events(gate: RunningScopegate) -> list[dict[str, Any]]:

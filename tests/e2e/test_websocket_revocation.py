@@ -9,7 +9,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -48,13 +48,6 @@ def config(upstream_url: str) -> dict[str, Any]:
                   "grantTypes": ["password"], "assignments": {"users": ["alice"]}}],
         "users": [{"id": "alice", "login": "alice@example.com", "password": PASSWORD}],
     }
-
-
-@pytest.fixture
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 def service_token(gate: RunningScopegate) -> str:
