@@ -56,20 +56,6 @@ class ClientAuthFailures:
             keys.append((("source", source), self.source_limit))
         return keys
 
-    def retry_after(self, client_id: str | None, source: str | None, now: float) -> float | None:
-        """Seconds until this client_id and source may try again, or None if they may now."""
-        wait = 0.0
-        with self._lock:
-            for key, limit in self._keys(client_id, source):
-                times = self._failures.get(key)
-                if times is None:
-                    continue
-                while times and times[0] <= now - self.window:
-                    times.popleft()
-                if len(times) >= limit:
-                    wait = max(wait, times[0] + self.window - now)
-        return wait if wait > 0 else None
-
     def reserve(self, client_id: str | None, source: str | None, now: float) -> float | None:
         """Take a slot for one authentication attempt: None when taken (call ``settle`` exactly once
         afterwards), else the seconds until this client_id and source may try again. Recorded failures
@@ -103,10 +89,6 @@ class ClientAuthFailures:
                     self._in_flight.pop(key, None)
             if failed:
                 self._record(client_id, source, now)
-
-    def record(self, client_id: str | None, source: str | None, now: float) -> None:
-        with self._lock:
-            self._record(client_id, source, now)
 
     def _record(self, client_id: str | None, source: str | None, now: float) -> None:
         for key, limit in self._keys(client_id, source):
