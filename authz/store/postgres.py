@@ -32,8 +32,12 @@ connection attempt has one, ``timeout`` (the config's ``storeTimeout``, 1 s by d
 After a deadline or a failed connection attempt (a lost connection alone is reopened on next use) the store is *down*: calls
 fail at once with StoreError, except one trial every ``RETRY_INTERVAL_SECONDS`` (the revocation feed
 polls often enough to be that trial), so that an outage costs callers no waiting and the first call
-that succeeds ends it. Nothing is retried: a write that failed may or may not have been committed
-when its COMMIT was the statement cut off (see the README, "Storage").
+that succeeds ends it. Nothing is retried.
+
+A write is never applied after its caller was told it failed: a COMMIT held up in the network past the
+client's deadline finds its session already ended by the server (``_guard_commit``), so the transaction is
+rolled back whole. Only a COMMIT that reached the server in time and whose answer was lost may have committed
+unbeknown to its caller (see the README, "Storage").
 """
 
 from __future__ import annotations
@@ -347,6 +351,25 @@ class PostgresStore(SqlStore):
     # --- dialect -------------------------------------------------------------------------------------
 
     def _exec(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if sql == "COMMIT":
+            self._guard_commit(conn)
+        return self._run(conn, sql, params)
+
+    def _guard_commit(self, conn: Any) -> None:
+        """Make a COMMIT that arrives after its client's deadline fail on the server (issue 12 item 2).
+
+        The client waits ``timeout`` for a COMMIT it sends at t0, and the session went idle in this transaction
+        at some ts ≤ t0 (when the previous statement's answer left the server). With the session ended after
+        ``SERVER_SHARE × timeout`` idle in the transaction, a COMMIT that reaches the server after t0 + timeout,
+        held up in the network while the caller was answered 503, finds the transaction already rolled back
+        ("idle_in_transaction_session_timeout: terminate any session that has been idle (that is, waiting for a
+        client query) within an open transaction for longer than the specified amount of time", PostgreSQL
+        docs). A statement of its own just before the COMMIT, so that only the gap before the COMMIT counts,
+        never the caller's work between earlier statements."""
+        limit = max(int(self._deadline() * SERVER_SHARE * 1000), 1)
+        self._run(conn, "SELECT set_config('idle_in_transaction_session_timeout', ?, true)", (f"{limit}ms",))
+
+    def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
         seconds = self._deadline()
         try:
             key: int | None = self._watchdog.arm(conn.fileno(), seconds)

@@ -8,6 +8,15 @@ shared server is never stopped. Modes:
   acknowledging, as in a network partition or a silently failed node. Neither TCP keepalives nor a
   server-side statement timeout end a wait here; only a deadline of the client's own does.
 
+And, on top of ``pass`` (issue 12 item 2, the rest):
+
+- ``set_latency(seconds, match=b"COMMIT")``: what the client sends in a chunk containing ``match`` (every
+  chunk when ``match`` is None) reaches the server ``seconds`` later; what follows it waits behind it, and
+  the client's FIN too, as on a slow link: bytes in flight are delivered, never lost;
+- ``hold_matching(b"LISTEN ")``: connections whose client has sent ``match`` are black-holed alone (both
+  ways, no RST), the others pass. What is held is delivered when ``hold_matching(None)`` heals the link, as
+  TCP retransmission would after a partition that the connection outlived.
+
 Runs an asyncio loop on a daemon thread of its own; ``set_mode`` takes effect at once.
 """
 
@@ -42,6 +51,12 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._server: asyncio.AbstractServer | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.latency = 0.0
+        self.latency_match: bytes | None = None
+        self.hold_match: bytes | None = None
+        self.delayed = 0
+        """Chunks delayed by ``set_latency`` so far."""
+        self._healed = asyncio.Event()
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -60,6 +75,22 @@ class FaultProxy:
                     _reset(client)
                     upstream.transport.abort()
                 self._pairs.clear()
+
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
+
+    def set_latency(self, seconds: float, match: bytes | None = None) -> None:
+        def apply() -> None:
+            self.latency, self.latency_match = seconds, match
+
+        self._loop.call_soon_threadsafe(apply)
+
+    def hold_matching(self, match: bytes | None) -> None:
+        """Black-hole the connections whose client sent ``match``; None heals them (held bytes then flow)."""
+        async def apply() -> None:
+            self.hold_match = match
+            if match is None:
+                self._healed.set()
+                self._healed = asyncio.Event()
 
         asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
@@ -89,27 +120,77 @@ class FaultProxy:
             return
         pair = (writer, up_writer)
         self._pairs.add(pair)
+        link = _Link()
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer, link, upstream=True),
+                                 self._pipe(up_reader, writer, link, upstream=False))
         finally:
             self._pairs.discard(pair)
             writer.transport.abort()
             up_writer.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link,
+                    upstream: bool) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
+        deliverer = asyncio.ensure_future(self._deliver(queue, writer, link))
+        graceful = False
         try:
             while True:
                 data = await reader.read(65536)
+                if upstream and data and self.hold_match is not None:
+                    link.seen = (link.seen + data)[-4096:]
+                    link.held = link.held or self.hold_match in link.seen
                 if not data:
+                    graceful = self.mode == "pass" and not (link.held and self.hold_match is not None)
                     break
                 if self.mode == "blackhole":
                     continue  # read and dropped: the sender is acknowledged, nobody answers
                 if self.mode == "refuse":
                     break
-                writer.write(data)
-                await writer.drain()
+                at = loop.time()
+                if upstream and self.latency > 0 and (self.latency_match is None or self.latency_match in data):
+                    at += self.latency
+                    self.delayed += 1
+                queue.put_nowait((at, data))
         except (ConnectionError, OSError):
             pass
         finally:
-            # Either side gone: the other goes too (PostgreSQL rolls back what a vanished client left open).
+            if graceful:
+                # A FIN after the bytes in flight, as a network delivers them: the peer reads them, then EOF.
+                queue.put_nowait((loop.time(), None))
+                with contextlib.suppress(ConnectionError, OSError):
+                    await deliverer
+            else:
+                # Either side gone: the other goes too (PostgreSQL rolls back what a vanished client left open).
+                deliverer.cancel()
+                writer.transport.abort()
+
+    async def _deliver(self, queue: asyncio.Queue[tuple[float, bytes | None]], writer: asyncio.StreamWriter,
+                       link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                at, data = await queue.get()
+                wait = at - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                while link.held and self.hold_match is not None:
+                    await self._healed.wait()
+                link.held = False
+                if data is None:
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
             writer.transport.abort()
+
+
+class _Link:
+    """One relayed connection: whether it is held (``hold_matching``) and the tail of what its client sent."""
+
+    def __init__(self) -> None:
+        self.seen = b""
+        self.held = False

@@ -124,3 +124,39 @@ def test_store_error_never_shows_a_password_query_parameter() -> None:
         open_store("postgresql://scopegate@127.0.0.1:1/db?password=hunter2&sslmode=disable", timeout=TIMEOUT)
     assert "hunter2" not in str(info.value) and "password=***" in str(info.value)
     assert info.value.description == UNAVAILABLE
+
+
+def test_store_commit_delayed_past_the_deadline_is_never_applied(store: PostgresStore, relay: FaultProxy,
+                                                                 postgres_url: str) -> None:
+    """Issue 12 item 2: a write whose COMMIT is held up in the network until after the client gave up (and its
+    caller answered 503) must not commit when the COMMIT arrives. The relay delivers the COMMIT late, then the
+    client's FIN, as a slow link does: the server rolls the transaction back."""
+    import psycopg
+
+    from authz.store.postgres import split_schema
+
+    conninfo, schema = split_schema(postgres_url)
+    store.ping()
+    late = 4 * TIMEOUT
+    relay.set_latency(late, match=b"COMMIT")
+    started = time.monotonic()
+
+    def write() -> None:
+        with store.transaction() as tx:
+            tx.put_object("group", "late", {}, "api")
+            tx.append_log({"eventType": "group.lifecycle.create", "target": [{"id": "late"}]}, time.time())
+
+    with pytest.raises(StoreError):
+        write()
+    assert time.monotonic() - started < TIMEOUT + 0.4
+    assert relay.delayed >= 1
+    time.sleep(late + 0.5)  # the COMMIT has reached the server by now
+    relay.set_latency(0)
+    with psycopg.connect(conninfo) as direct:
+        rows = direct.execute(f'SELECT count(*) FROM "{schema}".objects WHERE id = %s', ("late",)).fetchone()
+        logs = direct.execute(f'SELECT count(*) FROM "{schema}".logs WHERE event LIKE %s', ('%"late"%',)).fetchone()
+    assert (rows, logs) == ((0,), (0,)), "a write committed after its client's deadline"
+    # The store is usable again at once: a deadline is not an outage of the server.
+    time.sleep(RETRY_INTERVAL_SECONDS + 0.05)
+    store.put_object("group", "after", {}, "api")
+    assert store.get_object("group", "after") is not None
