@@ -852,6 +852,21 @@ class ScopegateConfig(Model):
     groups: list[GroupConfig] = Field(default_factory=list)
     users: list[UserConfig] = Field(default_factory=list)
     core: CoreSettings = Field(default_factory=CoreSettings)
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
+    """Issue 11 item 2: processes serving the same three ports (SO_REUSEPORT), under one supervisor that restarts
+    a worker that dies and passes SIGTERM and SIGHUP on. ``auto``: one per CPU this process may run on
+    (``os.sched_getaffinity``). ``scopegate run --workers N`` overrides it; a reload does not change it."""
+    shutdown_grace_period: Duration = Field(default=25.0, gt=0, le=3600)
+    """Issue 12 item 6: at SIGTERM, how long in-flight requests may take to finish before they are cut and the
+    process exits. Below Kubernetes' ``terminationGracePeriodSeconds`` (30 s by default), so that SIGKILL never
+    comes first."""
+
+    @model_validator(mode="after")
+    def _workers_share_a_store(self) -> ScopegateConfig:
+        if self.workers != 1 and self.store.startswith("sqlite://") and self.store.endswith(":memory:"):
+            raise ValueError("workers other than 1 need a store every worker can open: a SQLite file or PostgreSQL, "
+                             "not sqlite:///:memory: (each worker would get a database of its own)")
+        return self
 
     @field_validator("store")
     @classmethod

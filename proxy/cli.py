@@ -23,10 +23,22 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers nor auto") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"{count} workers: from 1 to 256") from None
+    return count
+
+
 def _run(args: argparse.Namespace) -> int:
     from proxy.server import run
 
-    return run(args.config)
+    return run(args.config, args.workers)
 
 
 def _inject(args: argparse.Namespace) -> int:
@@ -51,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve the proxy, core and ops listeners")
     run.add_argument("--config", help="YAML config file (default: the built-in demo config)")
+    run.add_argument("--workers", type=_workers, help="worker processes sharing the ports (N, or auto: one per "
+                     "usable CPU); overrides the config's workers (default 1)")
     run.set_defaults(func=_run)
     check = commands.add_parser("check", help="validate a config file and exit 0 (valid) or 1 (invalid)")
     check.add_argument("--config", help="YAML config file (default: the built-in demo config)")

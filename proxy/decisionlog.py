@@ -20,6 +20,7 @@ import atexit
 import collections
 import json
 import math
+import os
 import re
 import select
 import sys
@@ -122,8 +123,10 @@ class LineWriter:
     """
 
     def __init__(self, stream: TextIO, *, interval: float = 0.1, wake_bytes: int = 64 * 1024,
-                 chunk_bytes: int = PIPE_BUF, max_pending: int = 100_000) -> None:
+                 chunk_bytes: int = PIPE_BUF, max_pending: int = 100_000, fields: str = "") -> None:
         self.stream = stream
+        self.fields = fields
+        """JSON members (``"worker":1,"pid":42,``) put first in every line, by the writer thread, off the loop."""
         self.interval = interval
         self.wake_bytes = wake_bytes
         self.chunk_bytes = chunk_bytes
@@ -183,9 +186,12 @@ class LineWriter:
         chunk: list[str] = []
         size = 0
         limit = self.chunk_bytes
+        fields = self.fields
         while lines:
             line = lines.popleft()
             self._written += 1
+            if fields and line.startswith("{"):
+                line = "{" + fields + line[1:]
             if size and size + len(line) > limit:
                 self._emit_lines(chunk)
                 chunk, size = [], 0
@@ -214,3 +220,33 @@ class LineWriter:
             self.errors += 1
             if self.errors == 1:
                 print(f"scopegate: cannot write the decision log: {exc}", file=sys.stderr, flush=True)
+
+
+class LineStream:
+    """A ``TextIO``-like stdout for a worker of ``scopegate run --workers N``: each ``write`` is one ``os.write``
+    of what it was given (looping only on a partial write), never split or merged by a buffer.
+
+    The workers share the supervisor's stdout. A buffered ``sys.stdout`` flushes where its buffer fills, which
+    can be mid-line, and two threads writing it (the decision log's and the system log's) can make one flush
+    larger than ``PIPE_BUF``; on a pipe, a write larger than ``PIPE_BUF`` may interleave with another
+    process's. Here every write is whole lines, and the decision log's are at most ``PIPE_BUF`` bytes, so no
+    worker's line is ever cut by another's: on a pipe, POSIX keeps such writes whole; on a file, every worker
+    writes through the one open file description it inherited, whose offset Linux moves atomically per write.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        with self._lock:
+            while data:
+                data = data[os.write(self.fd, data):]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.fd

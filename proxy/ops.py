@@ -86,7 +86,9 @@ def _passing(check: Check) -> Callable[[], float]:
     return value
 
 
-def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette:
+def build_ops_app(registry: CollectorRegistry, checks: list[Check],
+                  exposition: Callable[[], bytes] | None = None) -> Starlette:
+    """``exposition`` replaces the registry's own text on /metrics (``WorkerMetrics.render``: every worker's)."""
     def failing() -> dict[str, str]:
         failures: dict[str, str] = {}
         for check in checks:
@@ -117,7 +119,8 @@ def build_ops_app(registry: CollectorRegistry, checks: list[Check]) -> Starlette
         return JSONResponse(body, status_code=503 if failures else 200)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(registry) if exposition is None else exposition()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[
         Route("/healthz", healthz, methods=["GET", "HEAD"]),

@@ -5,6 +5,11 @@ endpoints, management API, system log) and ops (health, readiness, metrics). Soc
 anything is served, so that a port in use is one clear line and a non-zero exit. SIGTERM and SIGINT
 drain in-flight requests and stop; SIGHUP reloads the config file, keeping the running configuration
 when the new one is invalid.
+
+With ``--workers N`` (N > 1) this process is the supervisor of ``proxy/supervisor.py`` and each worker runs a
+``Scopegate`` given a ``WorkerSpec``: it serves sockets the supervisor made, leaves the once-only start-up work
+(migrations, reconcile) to it, reads the config text the supervisor validated, and writes its metrics snapshot
+for the others to merge (``proxy/metrics.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import resource
 import signal
 import socket
@@ -30,7 +36,7 @@ from prometheus_client.registry import Collector
 from authz.app import build_core_app
 from authz.context import CoreContext
 from authz.errors import ScopegateError
-from authz.feed import FeedPoller
+from authz.feed import FeedMetrics, FeedPoller
 from authz.metrics import TokenMetrics
 from authz.passwords import configure_hashing, hashing_pool
 from authz.reconcile import reconcile
@@ -40,11 +46,12 @@ from authz.syslog import SystemLog
 from config import ConfigError, load_config
 from config.schema import ScopegateConfig
 from proxy.app import ProxyApp
-from proxy.decisionlog import LineWriter
+from proxy.decisionlog import LineStream, LineWriter
 from proxy.keys import IssuerKeys, build_key_resolver
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import SNAPSHOT_INTERVAL, ProxyMetrics, WorkerMetrics
 from proxy.ops import BackgroundCheck, Check, build_ops_app
 from proxy.protocol import guarded_protocol
+from proxy.supervisor import WorkerSpec, read_config, resolve_workers
 
 EXIT_STARTUP = 2
 STORE_CHECK_INTERVAL = 0.5
@@ -108,6 +115,13 @@ def bind(name: str, address: str) -> socket.socket:
     return sock
 
 
+def adopt(fd: int) -> socket.socket:
+    """A listening socket inherited from the supervisor (``proxy/supervisor.py``)."""
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
 def identify_issuers(cfg: ScopegateConfig) -> dict[str, str]:
     """Issuer URL → local AS id, for the revocation state (remote issuers are not ours to watermark)."""
     return {cfg.issuer_for(s.id): s.id for s in cfg.authorization_servers if s.remote is None}
@@ -117,10 +131,13 @@ class Scopegate:
     """The running process: owns the store, the revocation state, the apps and the listeners."""
 
     def __init__(self, cfg: ScopegateConfig, config_path: str | None, out: TextIO = sys.stdout,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, worker: WorkerSpec | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.out = out
+        self.worker = worker
+        # A worker's stdout is shared with the other workers: whole lines, one write each (decisionlog.LineStream).
+        self.out = cast(TextIO, LineStream(out.fileno())) if worker is not None else out
+        self.worker_metrics: WorkerMetrics | None = None
         self.now = now
         self.stop_event = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -141,7 +158,10 @@ class Scopegate:
         listens = [("proxy", cfg.listen.proxy), ("ops", cfg.listen.ops)]
         if cfg.listen.core != "off":
             listens.insert(1, ("core", cfg.listen.core))
-        socks = {name: bind(name, address) for name, address in listens}
+        if self.worker is not None:
+            socks = {name: adopt(self.worker.fds[name]) for name, _ in listens}
+        else:
+            socks = {name: bind(name, address) for name, address in listens}
         try:
             await self._build(socks)
         except BaseException:
@@ -159,7 +179,8 @@ class Scopegate:
         # Password and secret hashing on a bounded pool of its own (issue 8 item 5).
         configure_hashing(cfg.core.hashing_threads, cfg.core.hashing_queue)
         syslog = SystemLog.from_settings(cfg.core, self.out)
-        await asyncio.to_thread(reconcile, store, cfg, self.now(), syslog)
+        if self.worker is None:  # the supervisor reconciled once for every worker
+            await asyncio.to_thread(reconcile, store, cfg, self.now(), syslog)
 
         keys = build_key_resolver(cfg, store)
         self.keys = keys
@@ -180,8 +201,10 @@ class Scopegate:
         GCCollector(registry)  # python_gc_*: the collector's runs and what they freed (none expected, issue 11)
         metrics = ProxyMetrics(registry)
         registry.register(CoreShedding(syslog))
+        registry.register(FeedMetrics(self.poller))
         # Decision-log lines leave through a writer thread, in whole-line batches (issue 11 item 3).
-        self.decision_log = LineWriter(self.out)
+        fields = "" if self.worker is None else f'"worker":{self.worker.index},"pid":{os.getpid()},'
+        self.decision_log = LineWriter(self.out, fields=fields)
         self.proxy_app = ProxyApp(cfg, keys, revocation, metrics, log_stream=cast(TextIO, self.decision_log),
                                   now=self.now)
         await self.proxy_app.startup()
@@ -199,7 +222,11 @@ class Scopegate:
             self.store_health.check(),
             Check("revocation_feed", lambda: "stale" if revocation.is_stale(self.now()) else None),
         ]
-        apps: dict[str, Any] = {"proxy": self.proxy_app, "ops": build_ops_app(registry, checks)}
+        exposition = None
+        if self.worker is not None:
+            self.worker_metrics = WorkerMetrics(registry, self.worker.metrics_dir, self.worker.index)
+            exposition = self.worker_metrics.render
+        apps: dict[str, Any] = {"proxy": self.proxy_app, "ops": build_ops_app(registry, checks, exposition)}
         if "core" in socks:
             apps["core"] = build_core_app(ctx)
         tls_names = set(cfg.listen.tls_listeners) if cfg.listen.tls else set()
@@ -207,8 +234,14 @@ class Scopegate:
             listener = Listener(name, sock.getsockname()[0], apps[name], tls=name in tls_names, sock=sock)
             await self._serve(listener)
             self.listeners.append(listener)
-        self.background = [asyncio.create_task(self.poller.run()), asyncio.create_task(self._prune_forever()),
-                           asyncio.create_task(self.store_health.run())]
+        self.background = [asyncio.create_task(self.poller.run()), asyncio.create_task(self.store_health.run())]
+        if self.worker is None or self.worker.index == 0:  # one pruner is enough
+            self.background.append(asyncio.create_task(self._prune_forever()))
+        if self.worker_metrics is not None:
+            await asyncio.to_thread(self.worker_metrics.write)
+            self.background.append(asyncio.create_task(self.worker_metrics.run()))
+            assert self.worker is not None
+            self.background.append(asyncio.create_task(self._watch_parent(self.worker.parent)))
         settle_heap()
 
     async def _serve(self, listener: Listener) -> None:
@@ -236,7 +269,8 @@ class Scopegate:
             # scheme from them: a local client could then choose the X-Forwarded-For the upstream sees. The
             # gate sets the forwarding headers itself from the socket (security.md §3.2), so never here.
             proxy_headers=False,
-            timeout_graceful_shutdown=30,
+            # uvicorn types it int; it is given to asyncio.timeout, which takes seconds as a float.
+            timeout_graceful_shutdown=self.cfg.shutdown_grace_period,  # type: ignore[arg-type]
             ssl_certfile=tls.cert_file if tls else None,
             ssl_keyfile=tls.key_file if tls else None,
             h11_max_incomplete_event_size=self.cfg.proxy.limits.max_header_bytes,
@@ -259,8 +293,11 @@ class Scopegate:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        addresses = ", ".join(f"{lst.name} {self._url(lst)}" for lst in self.listeners)
-        print(f"scopegate: serving {addresses}", file=sys.stderr, flush=True)
+        if self.worker is not None:
+            self.worker.signal_ready()  # the supervisor says "serving" once every worker is
+        else:
+            addresses = ", ".join(f"{lst.name} {self._url(lst)}" for lst in self.listeners)
+            print(f"scopegate: serving {addresses}", file=sys.stderr, flush=True)
         await self.stop_event.wait()
         await self.stop()
 
@@ -269,6 +306,16 @@ class Scopegate:
         host, port = listener.sock.getsockname()[:2]
         scheme = "https" if listener.tls else "http"
         return f"{scheme}://{host}:{port}"
+
+    async def _watch_parent(self, parent: int) -> None:
+        """A worker whose supervisor is gone (killed with SIGKILL) stops rather than serve unsupervised."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            if os.getppid() != parent:
+                break
+        print(f"scopegate: worker {self.worker.index if self.worker else '?'}: the supervisor is gone; stopping",
+              file=sys.stderr, flush=True)
+        self.stop_event.set()
 
     async def _prune_forever(self) -> None:
         """Keep the store bounded: expired codes and token records, idle refresh chains, spent feed entries,
@@ -298,14 +345,19 @@ class Scopegate:
         Authorization servers, apps, users, groups, routes, admin tokens and proxy settings take effect;
         listener addresses and the store URL need a restart (the sockets and the store stay as they are).
         """
-        if self.config_path is None or self.store is None or self.proxy_app is None:
+        if self.store is None or self.proxy_app is None:
+            return
+        if self.config_path is None and self.worker is None:
             return
         try:
-            cfg = load_config(self.config_path)
-        except ConfigError as exc:
+            # A worker loads the text its supervisor validated and reconciled (once, for every worker).
+            cfg = self.worker.load_config() if self.worker is not None else load_config(self.config_path)
+        except (ConfigError, OSError) as exc:
             print(f"scopegate: reload refused, keeping the running configuration:\n{exc}", file=sys.stderr, flush=True)
             return
-        report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
+        report = None
+        if self.worker is None:
+            report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
         # A new key resolver, since servers may have come or gone; the old one closes once swapped out.
         keys = build_key_resolver(cfg, self.store)
         try:
@@ -325,6 +377,10 @@ class Scopegate:
         if old_keys is not None:
             await old_keys.aclose()
         settle_heap()  # the new tables are long-lived too
+        if report is None:
+            assert self.worker is not None
+            print(f"scopegate: worker {self.worker.index} (pid {os.getpid()}) reloaded", file=sys.stderr, flush=True)
+            return
         print(f"scopegate: reloaded {self.config_path} ({len(report.created)} created, {len(report.updated)} updated, "
               f"{len(report.deleted)} deleted, {len(report.overwritten)} API changes overwritten)", file=sys.stderr, flush=True)
 
@@ -349,6 +405,9 @@ class Scopegate:
             await self.proxy_app.shutdown()
         if self.decision_log is not None:
             self.decision_log.close()  # every request has ended: write its line before exiting
+        if self.worker_metrics is not None:
+            with contextlib.suppress(OSError):
+                self.worker_metrics.write()  # the last counts, for the sums the other workers report
         if self.keys is not None:
             await self.keys.aclose()
         if self.store is not None:
@@ -370,14 +429,32 @@ class CoreShedding(Collector):
                                   value=hashing_pool().shed)
 
 
-def run(config_path: str | None) -> int:
-    """``scopegate run``: returns the exit status."""
+def run(config_path: str | None, workers: int | str | None = None) -> int:
+    """``scopegate run``: returns the exit status. ``workers`` (``--workers``) overrides the config's."""
+    worker = WorkerSpec.from_environ()
+    if worker is not None:
+        # Until the loop's handlers are installed: a SIGHUP now (a reload as this worker starts) must not kill it;
+        # the supervisor sends it again once the worker serves.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        cfg = load_config(config_path)
+        if worker is not None:
+            cfg = worker.load_config()
+        else:
+            text, source, cfg = read_config(config_path)
     except ConfigError as exc:
         print(f"scopegate: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_STARTUP
     _raise_file_limit()
+    if worker is None:
+        count = resolve_workers(cfg.workers if workers is None else workers)
+        if count > 1:
+            if cfg.store.startswith("sqlite://") and cfg.store.endswith(":memory:"):
+                print("scopegate: --workers needs a store every worker can open: a SQLite file or PostgreSQL, "
+                      "not sqlite:///:memory:", file=sys.stderr)
+                return EXIT_STARTUP
+            from proxy.supervisor import Supervisor
+
+            return Supervisor(cfg, config_path, text, source, count).run()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
@@ -385,7 +462,7 @@ def run(config_path: str | None) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(_main(cfg, config_path))
+        runner(_main(cfg, config_path, worker))
     except StartupError as exc:
         print(f"scopegate: {exc}", file=sys.stderr)
         return EXIT_STARTUP
@@ -404,7 +481,7 @@ def _raise_file_limit() -> None:
         pass
 
 
-async def _main(cfg: ScopegateConfig, config_path: str | None) -> None:
-    gate = Scopegate(cfg, config_path)
+async def _main(cfg: ScopegateConfig, config_path: str | None, worker: WorkerSpec | None = None) -> None:
+    gate = Scopegate(cfg, config_path, worker=worker)
     await gate.start()
     await gate.run()
