@@ -106,8 +106,9 @@ class Gate:
         return int(self.process.returncode)
 
 
-def launch(workdir: Path, doc: dict[str, Any], name: str, wait: float = 60.0) -> Gate:
-    """Start ``scopegate run`` on ``doc`` with free loopback ports (the caller's listen/issuer/store stay)."""
+def launch(workdir: Path, doc: dict[str, Any], name: str, wait: float | None = 60.0) -> Gate:
+    """Start ``scopegate run`` on ``doc`` with free loopback ports (the caller's listen/issuer/store stay); wait
+    until ``/readyz`` answers 200 unless ``wait`` is None (then call ``wait_ready``)."""
     doc = dict(doc)
     listen = dict(doc.get("listen") or {})
     for key in ("proxy", "core", "ops"):
@@ -123,22 +124,28 @@ def launch(workdir: Path, doc: dict[str, Any], name: str, wait: float = 60.0) ->
                             stderr=subprocess.STDOUT)
     gate = Gate(name, proc, f"http://{listen['proxy']}", f"http://{listen['core']}", f"http://{listen['ops']}",
                 log_path, log)
-    deadline = time.monotonic() + wait
+    if wait is not None:
+        wait_ready(gate, wait)
+    return gate
+
+
+def wait_ready(gate: Gate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
     last = ""
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if gate.process.poll() is not None:
             gate.stop()
-            raise RuntimeError(f"scopegate {name} exited with {proc.returncode}:\n{gate.output_tail()}")
+            raise RuntimeError(f"scopegate {gate.name} exited with {gate.process.returncode}:\n{gate.output_tail()}")
         try:
             r = httpx.get(f"{gate.ops}/readyz", timeout=2)
             if r.status_code == 200:
-                return gate
+                return
             last = r.text
         except httpx.HTTPError as exc:
             last = repr(exc)
         time.sleep(0.05)
     gate.stop()
-    raise RuntimeError(f"scopegate {name} not ready: {last}\n{gate.output_tail()}")
+    raise RuntimeError(f"scopegate {gate.name} not ready: {last}\n{gate.output_tail()}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,41 @@
+"""The revocation-propagation benchmark's smoke mode (issue 12, "Load and soak"): ``bench/propagation.py`` with
+three revocations per phase, on three ``scopegate run`` replicas sharing PostgreSQL and two sharing one SQLite
+file, at rest and under load.
+
+It asserts that every revocation reached every other replica's proxy (a 401 within the bench's 10-s limit) and
+that figures came out; the propagation bound itself is asserted by ``tests/e2e/test_shared_store.py``, and the
+figures are measured by the full run (``python3 bench/propagation.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+
+def test_propagation_smoke_every_revocation_reaches_every_replica(tmp_path: Path) -> None:
+    """Three revocations per backend and phase: each refused by every other replica, with figures for each phase."""
+    out = tmp_path / "propagation.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "propagation.py"), "--revocations", "3", "--results", str(tmp_path),
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    assert [(r["backend"], r["replicas"], r["phase"]) for r in rows] == [
+        ("postgresql", 3, "rest"), ("postgresql", 3, "load"), ("sqlite", 2, "rest"), ("sqlite", 2, "load")]
+    for row in rows:
+        assert row["failures"] == 0, row["failure_examples"]
+        assert row["samples"] == 3 * (row["replicas"] - 1)
+        assert math.isfinite(row["p50_ms"]) and math.isfinite(row["p99_ms"])
+    assert all(r["load_rps"] > 0 for r in rows if r["phase"] == "load")
+    assert len(list(tmp_path.glob("propagation-*.md"))) == 1
