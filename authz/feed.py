@@ -15,9 +15,12 @@ import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from authz.revocation import RevocationState
 from authz.store.base import Change, Store
@@ -43,7 +46,9 @@ class FeedPoller:
         """One reader at a time: the loop's poll and a revoking request's ``poll_now`` may overlap."""
         self._failing = False
         self.failures = 0
-        """Failed reads since start (the ops listener may export it)."""
+        """Failed reads since start (``FeedMetrics``)."""
+        self.applied = 0
+        """Feed entries applied since start, each once (an entry at or below ``state.last_seq`` is skipped)."""
         self._wake = asyncio.Event()
         self._stopped = False
         # Issue 8 item 5: the feed never waits behind request work. The default executor (asyncio.to_thread)
@@ -63,8 +68,10 @@ class FeedPoller:
             started = self._now()
             total = 0
             while True:
-                changes = self.store.changes_since(self.state.last_seq, self.page_size)
+                before = self.state.last_seq
+                changes = self.store.changes_since(before, self.page_size)
                 self.state.apply(changes)
+                self.applied += sum(1 for change in changes if change.seq > before)
                 total += len(changes)
                 if self.on_config_change is not None:
                     for change in changes:
@@ -141,4 +148,25 @@ class FeedPoller:
         self._wake.clear()
 
 
-__all__ = ["PAGE_SIZE", "FeedPoller"]
+class FeedMetrics(Collector):
+    """The feed as Prometheus sees it (issue 12 item 2): where it is, what it applied, why it is behind.
+
+    With ``scopegate_revocation_state_age_seconds`` (the proxy's), an outage reads as a failure count that
+    climbs and a position that stands still; after it, the position meets the store's last seq and the
+    applied count grew by exactly the entries written meanwhile (no gap, nothing applied twice)."""
+
+    def __init__(self, poller: FeedPoller) -> None:
+        self.poller = poller
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("scopegate_revocation_feed_position",
+                                "Seq of the last change-feed entry this process applied.",
+                                value=self.poller.state.last_seq)
+        yield CounterMetricFamily("scopegate_revocation_feed_applied",
+                                  "Change-feed entries applied, each once.", value=self.poller.applied)
+        yield CounterMetricFamily("scopegate_revocation_feed_read_failures",
+                                  "Reads of the change feed that failed (store unreachable, or past storeTimeout).",
+                                  value=self.poller.failures)
+
+
+__all__ = ["PAGE_SIZE", "FeedMetrics", "FeedPoller"]

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import select
 import socket
 import sys
 import threading
@@ -125,6 +126,21 @@ class _Watchdog:
                         _cut(fd)
                 soonest = min((deadline for deadline, _ in self._armed.values()), default=None)
                 self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
+
+
+def _ended_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """True when an idle connection has something to read: in autocommit mode, between statements, the
+    server sends nothing unless it is going away (a restart, a failover, ``pg_terminate_backend``,
+    ``idle_session_timeout``: an ErrorResponse "terminating connection ...", then EOF). One ``poll`` with no
+    wait, so that a connection the server closed while it sat in the pool is replaced before a caller's
+    statement fails on it (issue 12 item 2: after a restart, every thread's first call failed with 503)."""
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _masked(url: str) -> str:
@@ -326,7 +342,10 @@ class PostgresStore(SqlStore):
             self._admit()
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         # A connection that broke (server restart, network, a deadline) is replaced on next use, outside a
-        # transaction.
+        # transaction; so is one the server ended while it was idle, before a statement fails on it.
+        if conn is not None and not conn.closed and self._state.depth == 0 and _ended_by_server(conn):
+            with suppress(psycopg.Error):
+                conn.close()
         if conn is None or (conn.closed and self._state.depth == 0):
             if conn is not None:
                 with self._registry:

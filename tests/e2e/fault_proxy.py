@@ -57,6 +57,7 @@ class FaultProxy:
         self.delayed = 0
         """Chunks delayed by ``set_latency`` so far."""
         self._healed = asyncio.Event()
+        self._links: set[_Link] = set()
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -88,11 +89,18 @@ class FaultProxy:
         """Black-hole the connections whose client sent ``match``; None heals them (held bytes then flow)."""
         async def apply() -> None:
             self.hold_match = match
+            for link in self._links:
+                link.held = match is not None and match in link.seen
             if match is None:
                 self._healed.set()
                 self._healed = asyncio.Event()
 
         asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
+
+    @property
+    def held(self) -> int:
+        """Connections held by ``hold_matching`` now."""
+        return sum(1 for link in list(self._links) if link.held)
 
     def stop(self) -> None:
         async def shut() -> None:
@@ -121,11 +129,13 @@ class FaultProxy:
         pair = (writer, up_writer)
         self._pairs.add(pair)
         link = _Link()
+        self._links.add(link)
         try:
             await asyncio.gather(self._pipe(reader, up_writer, link, upstream=True),
                                  self._pipe(up_reader, writer, link, upstream=False))
         finally:
             self._pairs.discard(pair)
+            self._links.discard(link)
             writer.transport.abort()
             up_writer.transport.abort()
 
@@ -138,9 +148,9 @@ class FaultProxy:
         try:
             while True:
                 data = await reader.read(65536)
-                if upstream and data and self.hold_match is not None:
+                if upstream and data:
                     link.seen = (link.seen + data)[-4096:]
-                    link.held = link.held or self.hold_match in link.seen
+                    link.held = link.held or (self.hold_match is not None and self.hold_match in link.seen)
                 if not data:
                     graceful = self.mode == "pass" and not (link.held and self.hold_match is not None)
                     break
