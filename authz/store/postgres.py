@@ -42,6 +42,7 @@ unbeknown to its caller (see the README, "Storage").
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -68,6 +69,12 @@ MIGRATION_TIMEOUT_SECONDS = 30.0
 """Opening the store migrates it under a lock another replica may hold while it migrates: longer than a call."""
 SERVER_SHARE = 0.8
 """The server's ``statement_timeout`` is this share of the timeout; the client's deadline is all of it."""
+IN_DOUBT_ATTEMPTS = 20
+"""Tries to learn a lost COMMIT's outcome before giving up on it (each when a later call finds the store up)."""
+IN_DOUBT_LOG_WINDOW = 10_000
+"""The system-log events of a lost COMMIT are looked for among this many latest ones."""
+LATE_COMMIT = "committed, but its caller was answered that it failed: the answer to COMMIT was lost past storeTimeout"
+"""``debugContext.debugData.storeCommit`` of the events of such a transaction."""
 RETRY_INTERVAL_SECONDS = 0.25
 """While the store is down, one call per interval is let through to find out whether it is back."""
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -202,6 +209,8 @@ class PostgresStore(SqlStore):
         self._down_since: float | None = None
         self._last_trial = 0.0
         self._trial = False
+        self._in_doubt: list[tuple[int, int]] = []
+        """(transaction id, failed attempts) of each COMMIT whose answer never came (``_settle_in_doubt``)."""
         try:
             with self._patience(MIGRATION_TIMEOUT_SECONDS):
                 self._migrate("postgres")
@@ -354,6 +363,12 @@ class PostgresStore(SqlStore):
             self._local.conn = conn
             with self._registry:
                 self._connections.append(conn)
+        if self._in_doubt and self._state.depth == 0 and not getattr(self._local, "settling", False):
+            self._local.settling = True
+            try:
+                self._settle_in_doubt(conn)
+            finally:
+                self._local.settling = False
         return conn
 
     def close(self) -> None:
@@ -370,11 +385,20 @@ class PostgresStore(SqlStore):
     # --- dialect -------------------------------------------------------------------------------------
 
     def _exec(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        if sql == "COMMIT":
-            self._guard_commit(conn)
-        return self._run(conn, sql, params)
+        if sql != "COMMIT":
+            return self._run(conn, sql, params)
+        xid = self._guard_commit(conn)
+        try:
+            return self._run(conn, sql, params)
+        except StoreError:
+            if conn.closed:
+                # No answer (a deadline, a lost connection): the COMMIT reached the server in time and its answer
+                # was lost, or it did not. The server knows; ask it once it can be reached (_settle_in_doubt).
+                with self._registry:
+                    self._in_doubt.append((xid, 0))
+            raise
 
-    def _guard_commit(self, conn: Any) -> None:
+    def _guard_commit(self, conn: Any) -> int:
         """Make a COMMIT that arrives after its client's deadline fail on the server (issue 12 item 2).
 
         The client waits ``timeout`` for a COMMIT it sends at t0, and the session went idle in this transaction
@@ -386,7 +410,48 @@ class PostgresStore(SqlStore):
         docs). A statement of its own just before the COMMIT, so that only the gap before the COMMIT counts,
         never the caller's work between earlier statements."""
         limit = max(int(self._deadline() * SERVER_SHARE * 1000), 1)
-        self._run(conn, "SELECT set_config('idle_in_transaction_session_timeout', ?, true)", (f"{limit}ms",))
+        row = self._run(conn, "SELECT set_config('idle_in_transaction_session_timeout', ?, true), txid_current()",
+                        (f"{limit}ms",)).fetchone()
+        return int(row[1])
+
+    def _settle_in_doubt(self, conn: Any) -> None:
+        """Find out what became of the COMMITs whose answer never came, and make the system log say so.
+
+        A COMMIT that reached the server before its deadline commits even when its answer is lost on the way
+        back (the caller was then answered 503): the events that transaction wrote get
+        ``debugContext.debugData.storeCommit`` saying that the change was made although its caller was told
+        it failed, and stderr gets one line. A transaction that did not commit leaves nothing to say: it was
+        rolled back whole (``_guard_commit``)."""
+        with self._registry:
+            pending, self._in_doubt = self._in_doubt, []
+        keep: list[tuple[int, int]] = []
+        for xid, attempts in pending:
+            try:
+                status = self._run(conn, "SELECT txid_status(?)", (xid,)).fetchone()[0]
+                if status == "committed":
+                    self._mark_committed_late(conn, xid)
+                elif status == "in progress":
+                    keep.append((xid, attempts))
+            except StoreError:
+                if attempts < IN_DOUBT_ATTEMPTS:
+                    keep.append((xid, attempts + 1))
+        if keep:
+            with self._registry:
+                self._in_doubt.extend(keep)
+
+    def _mark_committed_late(self, conn: Any, xid: int) -> None:
+        # Rows keep the inserting transaction's id in xmin (32 bits); the events are among the latest ones.
+        rows = self._run(conn, "SELECT seq, event FROM logs WHERE seq > (SELECT COALESCE(MAX(seq), 0) - ? FROM logs) "
+                               "AND xmin::text = ?", (IN_DOUBT_LOG_WINDOW, str(xid % 2**32))).fetchall()
+        for seq, text in rows:
+            event = json.loads(text)
+            debug = event.setdefault("debugContext", {}).setdefault("debugData", {})
+            debug["storeCommit"] = LATE_COMMIT
+            self._run(conn, "UPDATE logs SET event = ? WHERE seq = ?",
+                      (json.dumps(event, separators=(",", ":"), ensure_ascii=False), seq))
+        print(f"scopegate: store {self.display_url}: transaction {xid} committed although its caller was answered "
+              f"that it failed (its answer was lost past storeTimeout); {len(rows)} system-log event(s) say so",
+              file=sys.stderr, flush=True)
 
     def _run(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
         seconds = self._deadline()

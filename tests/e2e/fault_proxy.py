@@ -11,8 +11,9 @@ shared server is never stopped. Modes:
 And, on top of ``pass`` (issue 12 item 2, the rest):
 
 - ``set_latency(seconds, match=b"COMMIT")``: what the client sends in a chunk containing ``match`` (every
-  chunk when ``match`` is None) reaches the server ``seconds`` later; what follows it waits behind it, and
-  the client's FIN too, as on a slow link: bytes in flight are delivered, never lost;
+  chunk when ``match`` is None) reaches the server ``seconds`` later (``upstream=False``: what the server
+  answers reaches the client late); what follows it waits behind it, and the sender's FIN too, as on a slow
+  link: bytes in flight are delivered, never lost;
 - ``hold_matching(b"LISTEN ")``: connections whose client has sent ``match`` are black-holed alone (both
   ways, no RST), the others pass. What is held is delivered when ``hold_matching(None)`` heals the link, as
   TCP retransmission would after a partition that the connection outlived.
@@ -53,6 +54,7 @@ class FaultProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.latency = 0.0
         self.latency_match: bytes | None = None
+        self.latency_upstream = True
         self.hold_match: bytes | None = None
         self.delayed = 0
         """Chunks delayed by ``set_latency`` so far."""
@@ -79,9 +81,10 @@ class FaultProxy:
 
         asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
-    def set_latency(self, seconds: float, match: bytes | None = None) -> None:
+    def set_latency(self, seconds: float, match: bytes | None = None, upstream: bool = True) -> None:
+        """Delay what the client sends (``upstream``) or what the server answers, in chunks containing ``match``."""
         def apply() -> None:
-            self.latency, self.latency_match = seconds, match
+            self.latency, self.latency_match, self.latency_upstream = seconds, match, upstream
 
         self._loop.call_soon_threadsafe(apply)
 
@@ -159,7 +162,8 @@ class FaultProxy:
                 if self.mode == "refuse":
                     break
                 at = loop.time()
-                if upstream and self.latency > 0 and (self.latency_match is None or self.latency_match in data):
+                if (upstream == self.latency_upstream and self.latency > 0
+                        and (self.latency_match is None or self.latency_match in data)):
                     at += self.latency
                     self.delayed += 1
                 queue.put_nowait((at, data))

@@ -160,3 +160,35 @@ def test_store_commit_delayed_past_the_deadline_is_never_applied(store: Postgres
     time.sleep(RETRY_INTERVAL_SECONDS + 0.05)
     store.put_object("group", "after", {}, "api")
     assert store.get_object("group", "after") is not None
+
+
+def test_store_commit_whose_answer_is_lost_says_so_in_its_events(store: PostgresStore, relay: FaultProxy,
+                                                                 postgres_url: str) -> None:
+    """The other side of the same race: the COMMIT reaches the server in time and commits, but its answer is
+    held up past the deadline, so the caller is told the write failed. Once the store can be asked again, the
+    transaction's system-log events say that the change was made although its caller was told otherwise."""
+    import json
+
+    import psycopg
+
+    from authz.store.postgres import LATE_COMMIT, split_schema
+
+    conninfo, schema = split_schema(postgres_url)
+    store.ping()
+    relay.set_latency(4 * TIMEOUT, match=b"COMMIT", upstream=False)
+
+    def write() -> None:
+        with store.transaction() as tx:
+            tx.put_object("group", "acked-late", {}, "api")
+            tx.append_log({"eventType": "group.lifecycle.create", "target": [{"id": "acked-late"}]}, time.time())
+
+    with pytest.raises(StoreError):
+        write()
+    relay.set_latency(0)
+    time.sleep(RETRY_INTERVAL_SECONDS + 0.05)
+    store.ping()  # the next call that reaches the server settles the lost COMMIT first
+    assert store.get_object("group", "acked-late") is not None  # it did commit
+    with psycopg.connect(conninfo) as direct:
+        (text,) = direct.execute(f'SELECT event FROM "{schema}".logs WHERE event LIKE %s',  # type: ignore[misc]
+                                 ('%"acked-late"%',)).fetchone()
+    assert json.loads(text)["debugContext"]["debugData"]["storeCommit"] == LATE_COMMIT
