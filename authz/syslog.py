@@ -181,6 +181,75 @@ def _secret_paths(value: Any, path: str, found: list[str]) -> None:
         found.append(path)
 
 
+_SECRET_KEY_MEMO: dict[str, bool] = {}
+_SECRET_KEY_MEMO_MAX = 4096
+"""Event keys are mostly the code's own field names; the memo stops growing at this size, so keys a client
+chose (a config document's, in ``changeDetails``) cannot grow it without bound."""
+
+
+def _is_secret_key_memo(key: str) -> bool:
+    known = _SECRET_KEY_MEMO.get(key)
+    if known is None:
+        known = _is_secret_key(key)
+        if len(_SECRET_KEY_MEMO) < _SECRET_KEY_MEMO_MAX:
+            _SECRET_KEY_MEMO[key] = known
+    return known
+
+
+def _is_clean(value: Any) -> bool:
+    """True when ``value`` holds no secret (``find_secrets`` would find nothing). One walk by exact type, with
+    no path strings built and no ABC ``isinstance`` on the common JSON types: this runs for every event, in
+    the token endpoint's transaction (issue 11: ``find_secrets`` cost more than the RS256 signature). Anything
+    it does not recognise goes to ``find_secrets``, which decides."""
+    kind = type(value)
+    if kind is str:
+        return _JWT_MARK not in value or not jwt_spans(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (_is_secret_key_memo(key) and _is_secret_value(key, item)):
+                return not find_secrets({key: item})
+            if type(item) in _PLAIN:
+                continue
+            if not _is_clean(item):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for item in value:  # noqa: SIM110 (a loop: a generator costs a frame per item on this path)
+            if type(item) not in _PLAIN and not _is_clean(item):
+                return False
+        return True
+    if kind in _PLAIN:
+        return True
+    return not find_secrets({"value": value})
+
+
+_PLAIN = frozenset({type(None), int, float, bool})
+"""Scalars that can be neither a credential by shape nor too long to keep."""
+
+
+def _within_bounds(value: Any) -> bool:
+    """True when ``bound_strings`` would change nothing (no string over ``FIELD_MAX``, no list over ``LIST_MAX``)."""
+    kind = type(value)
+    if kind is str:
+        return len(value) <= FIELD_MAX
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        if len(value) > LIST_MAX:
+            return False
+        items = value
+    else:
+        return kind in _PLAIN
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if len(item) > FIELD_MAX:
+                return False
+        elif kind not in _PLAIN and not _within_bounds(item):
+            return False
+    return True
+
+
 def find_secrets(event: Mapping[str, Any]) -> list[str]:
     """Dotted paths of every secret-bearing value in ``event`` (empty when the event is clean)."""
     found: list[str] = []
@@ -404,11 +473,12 @@ class SystemLog:
             if admitted is None:
                 return
             pending = admitted
-        event = bound_strings(event)
+        if pending or not _within_bounds(event):
+            event = bound_strings(event)  # a copy: the caller's event is never changed
         if pending:
             debug = event.setdefault("debugContext", {}).setdefault("debugData", {})
             debug["suppressedEvents"] = pending
-        if find_secrets(event):
+        if not _is_clean(event):
             self.redactions += 1
             event = redact_secrets(event)
         epoch = published if published is not None else parse_published(str(event["published"]))
