@@ -1,0 +1,147 @@
+"""The pieces of ``scopegate run --workers N`` that can be checked without starting a process tree: how the
+workers' metrics become one view, how their stdout lines stay whole, how N is chosen."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.parser import text_string_to_metric_families
+
+from config import ConfigError
+from config.loader import parse_config
+from proxy import reasons
+from proxy.cli import main
+from proxy.decision import Decision
+from proxy.decisionlog import PIPE_BUF, LineWriter
+from proxy.metrics import ProxyMetrics, WorkerMetrics
+from proxy.supervisor import resolve_workers, usable_cpus
+
+
+def worker(directory: Path, index: int, pid: int, requests: int, in_flight: int, age: float) -> WorkerMetrics:
+    registry = CollectorRegistry()
+    metrics = ProxyMetrics(registry)
+    metrics.prebuild(["read"])
+    for _ in range(requests):
+        metrics.record(Decision("id", "GET", 0.0, 0.0, route="read", decision=reasons.ALLOW,
+                                reason=reasons.ALLOW_REASONS[0], status=200, duration=0.002))
+    metrics.active = in_flight
+    metrics.watch_revocation_age(lambda: age)
+    Gauge("scopegate_example_per_worker", "A gauge with no merge rule.", registry=registry).set(index + 10)
+    return WorkerMetrics(registry, str(directory), index, pid=pid)
+
+
+def scrape(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text.decode()) for s in family.samples}
+
+
+class TestWorkerMetrics:
+    def test_counters_and_histograms_sum_gauges_merge_by_rule(self, tmp_path: Path) -> None:
+        """The scraped worker answers its own live figures plus the others' snapshots: counters and histogram
+        series summed, in-flight summed, state age the largest, a gauge with no rule labelled per worker."""
+        first = worker(tmp_path, 0, 101, requests=3, in_flight=2, age=0.5)
+        second = worker(tmp_path, 1, 102, requests=4, in_flight=5, age=1.5)
+        second.write()
+        merged = scrape(first.render())
+        allow = frozenset({("route", "read"), ("decision", reasons.ALLOW), ("reason", reasons.ALLOW_REASONS[0])})
+        assert merged[("scopegate_requests_total", allow)] == 7
+        assert merged[("scopegate_request_duration_seconds_count", frozenset({("route", "read")}))] == 7
+        assert merged[("scopegate_requests_in_flight", frozenset())] == 7
+        assert merged[("scopegate_revocation_state_age_seconds", frozenset())] == 1.5
+        assert merged[("scopegate_example_per_worker", frozenset({("worker", "0")}))] == 10
+        assert merged[("scopegate_example_per_worker", frozenset({("worker", "1")}))] == 11
+        assert merged[("scopegate_workers", frozenset())] == 2
+        assert not any(name.endswith("_created") for name, _ in merged)
+
+    def test_a_dead_workers_counters_still_count_its_gauges_do_not(self, tmp_path: Path) -> None:
+        """Once the supervisor renames a worker's snapshot dead-*, its counters stay in the sums (they never
+        go backwards when a worker is replaced) and its gauges leave the merge."""
+        first = worker(tmp_path, 0, 101, requests=3, in_flight=2, age=0.5)
+        dead = worker(tmp_path, 1, 102, requests=4, in_flight=5, age=9.0)
+        dead.write()
+        os.replace(dead.path, tmp_path / "dead-1-102.json")
+        merged = scrape(first.render())
+        allow = frozenset({("route", "read"), ("decision", reasons.ALLOW), ("reason", reasons.ALLOW_REASONS[0])})
+        assert merged[("scopegate_requests_total", allow)] == 7
+        assert merged[("scopegate_requests_in_flight", frozenset())] == 2
+        assert merged[("scopegate_revocation_state_age_seconds", frozenset())] == 0.5
+        assert ("scopegate_example_per_worker", frozenset({("worker", "1")})) not in merged
+        assert merged[("scopegate_workers", frozenset())] == 1
+
+    def test_a_half_written_or_foreign_file_is_skipped(self, tmp_path: Path) -> None:
+        """A snapshot is replaced atomically; anything else in the directory does not break a scrape."""
+        first = worker(tmp_path, 0, 101, requests=1, in_flight=0, age=0.0)
+        (tmp_path / "live-1-102.json").write_text('{"worker": 1, "metr')
+        (tmp_path / "live-2-103.json.tmp").write_text("junk")
+        merged = scrape(first.render())
+        assert merged[("scopegate_workers", frozenset())] == 1
+
+
+class TestLines:
+    def test_fields_come_first_in_every_line(self) -> None:
+        """The worker's index and pid are put first in each decision-log line, keeping it one JSON object."""
+        out: list[str] = []
+
+        class Sink:
+            def write(self, text: str) -> int:
+                out.append(text)
+                return len(text)
+
+            def flush(self) -> None:
+                pass
+
+        writer = LineWriter(Sink(), fields='"worker":3,"pid":42,')  # type: ignore[arg-type]
+        writer.write('{"time":"t","path":"/a"}\n')
+        writer.close()
+        assert json.loads("".join(out)) == {"worker": 3, "pid": 42, "time": "t", "path": "/a"}
+
+    def test_lines_of_two_processes_on_one_pipe_never_interleave(self, tmp_path: Path) -> None:
+        """Two processes writing decision-log batches and long system-log-sized lines through ``LineStream`` to one
+        pipe: every line read back is whole (a write of at most PIPE_BUF bytes is never split on a pipe)."""
+        script = tmp_path / "writer.py"
+        script.write_text(
+            "import sys, threading\n"
+            "from proxy.decisionlog import LineStream, LineWriter\n"
+            "name = sys.argv[1]\n"
+            "stream = LineStream(1)\n"
+            "writer = LineWriter(stream, wake_bytes=8192)\n"
+            "def other():\n"
+            "    for i in range(300):\n"
+            "        stream.write('{\"from\":\"' + name + '\",\"syslog\":' + str(i) + ',\"pad\":\"' + 'y' * 900 + '\"}\\n')\n"
+            "thread = threading.Thread(target=other); thread.start()\n"
+            "for i in range(3000):\n"
+            "    writer.write('{\"from\":\"' + name + '\",\"i\":' + str(i) + ',\"pad\":\"' + 'x' * (i % 700) + '\"}\\n')\n"
+            "thread.join(); writer.close()\n")
+        read, write = os.pipe()
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        procs = [subprocess.Popen([sys.executable, str(script), name], stdout=write, env=env) for name in "ab"]
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            data = pipe.read()
+        assert all(p.wait(60) == 0 for p in procs)
+        lines = data.decode().splitlines()
+        parsed = [json.loads(line) for line in lines]  # a cut line would not parse
+        assert len(parsed) == 2 * 3300
+        assert PIPE_BUF >= 512
+
+
+class TestChoosingN:
+    def test_auto_is_the_affinity_mask(self) -> None:
+        assert resolve_workers("auto") == usable_cpus() == len(os.sched_getaffinity(0))
+        assert resolve_workers(3) == 3
+
+    def test_cli_refuses_a_bad_count(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit):
+            main(["run", "--workers", "0"])
+        assert "workers" in capsys.readouterr().err
+
+    def test_memory_store_is_refused_with_workers(self) -> None:
+        with pytest.raises(ConfigError, match="workers"):
+            parse_config("workers: 2\nstore: 'sqlite:///:memory:'\n", "t.yaml", {})
+        assert parse_config("workers: auto\n", "t.yaml", {}).workers == "auto"
