@@ -226,19 +226,25 @@ class RevocationState:
 
     # ------------------------------------------------------------------------------------------ queries
 
-    def is_revoked(self, claims: Mapping[str, Any]) -> bool:
+    def is_revoked(self, claims: Mapping[str, Any], as_id: str | None = None) -> bool:
         """True when the token with these validated claims is revoked explicitly or by a watermark.
 
         Watermarks apply only to tokens of a local issuer (remote servers are not ours to watermark);
         a remote token is revoked only by an explicit ``(iss, jti)`` entry. A local token whose jti
         carries no sequence number cannot be placed after any watermark, so every watermark that
         matches it revokes it (fail closed).
+
+        ``as_id``: the local server the caller verified the token for (the core's endpoints know it from
+        their path). The issuer map holds the config file's servers only, so a server created through the
+        management API is found this way or not at all (issue 12 item 1: its revoked tokens introspected
+        active and its refresh tokens outlived their watermarks).
         """
         jti = claims.get("jti")
         iss = claims.get("iss")
         if not isinstance(iss, str):
             return False
-        as_id = self._issuers.get(iss)
+        if as_id is None:
+            as_id = self._issuers.get(iss)
         if isinstance(jti, str):
             if as_id is not None:
                 jtis = self._explicit.get(as_id)

@@ -39,7 +39,7 @@ def _introspect(ctx: CoreContext, server: AuthorizationServerConfig, token: str)
     issuer = ctx.issuer_for(server.id)
     if token.count(".") == 2:
         claims = read_own_jwt(token, ctx.store.list_signing_keys(server.id), issuer, now)
-        if claims is None or ctx.revocation.is_revoked(claims):
+        if claims is None or ctx.revocation.is_revoked(claims, server.id):
             return INACTIVE
         jti = str(claims.get("jti", ""))
         if jti.startswith("AT."):

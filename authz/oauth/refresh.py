@@ -43,7 +43,7 @@ def is_usable(ctx: CoreContext, rt: RefreshToken, now: float) -> bool:
     if rt.last_used_at + rt.window_seconds <= now:
         return False
     claims = {"iss": ctx.issuer_for(rt.as_id), "jti": rt.id, "cid": rt.client_id, "uid": rt.user_id}
-    return not ctx.revocation.is_revoked(claims)
+    return not ctx.revocation.is_revoked(claims, rt.as_id)
 
 
 def in_grace(rt: RefreshToken, leeway: int, now: float) -> bool:

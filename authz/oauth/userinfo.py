@@ -22,7 +22,7 @@ INSUFFICIENT = ("The access token must provide access to at least one of these s
 def userinfo_claims(ctx: CoreContext, server: AuthorizationServerConfig, token: str) -> dict[str, Any]:
     claims = read_own_jwt(token, ctx.store.list_signing_keys(server.id), ctx.issuer_for(server.id), ctx.now(),
                           audience=server.resource)
-    if claims is None or not str(claims.get("jti", "")).startswith("AT.") or ctx.revocation.is_revoked(claims):
+    if claims is None or not str(claims.get("jti", "")).startswith("AT.") or ctx.revocation.is_revoked(claims, server.id):
         raise BearerError("invalid_token", INVALID_TOKEN, realm="IdentityProvider", reason="invalid_token")
     scopes = token_scopes(claims)
     if "openid" not in scopes or "uid" not in claims:
