@@ -11,25 +11,15 @@ A sliding window per key, in memory and bounded: at most ``size`` keys are track
 ones are forgotten first), each holding at most ``limit`` timestamps. Success never clears failures:
 a legitimate client's successes must not buy an attacker more guesses at its secret.
 
-Attempts in flight count against the limit too (``reserve`` … ``settle``): checking the failures and
-recording one are separated by the secret check, so 40 concurrent wrong secrets against a limit of 10
-all passed the check before the first failure was recorded (issue 8 item 10). A reserved slot is taken
-under the lock before the secret is looked at and given back, or turned into a failure, after. So at
-most ``limit`` checks run per key and window, whatever the concurrency; a burst of more than ``limit``
-concurrent requests for one client from one address is answered 429 (Retry-After: 1) beyond the limit.
+Attempts in flight count against the limit too (``authz/failurewindow.py``, issue 8 item 10): a burst of
+more than ``limit`` concurrent requests for one client from one address is answered 429 (Retry-After: 1)
+beyond the limit.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-
-from cachetools import LRUCache
-
+from authz.failurewindow import FailureWindows
 from config.schema import CoreSettings
-
-IN_FLIGHT_RETRY = 1.0
-"""Seconds to wait when only attempts still in flight fill the limit: they end within a check's time."""
 
 
 class ClientAuthFailures:
@@ -37,11 +27,7 @@ class ClientAuthFailures:
         self.limit = limit
         self.source_limit = source_limit
         self.window = window
-        self._failures: LRUCache[tuple[str, str], deque[float]] = LRUCache(maxsize=size)
-        self._in_flight: dict[tuple[str, str], int] = {}
-        """Reserved, unsettled attempts per key; a key leaves when its count drops to 0, so the dict holds at
-        most two keys per request in flight."""
-        self._lock = threading.Lock()
+        self._windows = FailureWindows(window, size)
 
     @classmethod
     def from_settings(cls, settings: CoreSettings) -> ClientAuthFailures:
@@ -58,45 +44,13 @@ class ClientAuthFailures:
 
     def reserve(self, client_id: str | None, source: str | None, now: float) -> float | None:
         """Take a slot for one authentication attempt: None when taken (call ``settle`` exactly once
-        afterwards), else the seconds until this client_id and source may try again. Recorded failures
-        and attempts in flight together stay within each limit."""
-        wait = 0.0
-        with self._lock:
-            keys = self._keys(client_id, source)
-            for key, limit in keys:
-                times = self._failures.get(key)
-                if times is not None:
-                    while times and times[0] <= now - self.window:
-                        times.popleft()
-                failed = len(times) if times is not None else 0
-                if failed + self._in_flight.get(key, 0) >= limit:
-                    soonest = times[0] + self.window - now if times and failed >= limit else IN_FLIGHT_RETRY
-                    wait = max(wait, soonest)
-            if wait > 0:
-                return wait
-            for key, _ in keys:
-                self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return None
+        afterwards), else the seconds until this client_id and source may try again."""
+        refused = self._windows.admit(self._keys(client_id, source), now)
+        return max(r.wait for r in refused) if refused else None
 
     def settle(self, client_id: str | None, source: str | None, now: float, *, failed: bool) -> None:
         """Give back the slot ``reserve`` took; a failed attempt stays counted as a failure until the window passes."""
-        with self._lock:
-            for key, _ in self._keys(client_id, source):
-                count = self._in_flight.get(key, 0) - 1
-                if count > 0:
-                    self._in_flight[key] = count
-                else:
-                    self._in_flight.pop(key, None)
-            if failed:
-                self._record(client_id, source, now)
-
-    def _record(self, client_id: str | None, source: str | None, now: float) -> None:
-        for key, limit in self._keys(client_id, source):
-            times = self._failures.get(key)
-            if times is None or times.maxlen != limit:
-                times = deque(times or (), maxlen=limit)
-            self._failures[key] = times
-            times.append(now)
+        self._windows.settle(self._keys(client_id, source), now, failed=failed)
 
 
 __all__ = ["ClientAuthFailures"]

@@ -10,29 +10,19 @@ cannot starve the hashing pool either.
 
 Counted per username whether or not a user has it (the answer must not tell which usernames exist), keyed
 by a digest so that memory holds neither long usernames nor passwords typed into the username field.
-Attempts in flight count as failures until they are decided (issue 8 item 10's lesson: a check-then-act
-limit lets a burst of concurrent guesses through). A success never clears failures: it must not buy a
-guesser more attempts against the same account. In memory and bounded (least recently used keys are
-forgotten first), per process, like the client-authentication back-off (``authz/authfailures.py``).
+Attempts in flight count as failures until they are decided, a success never clears failures, and memory
+is bounded: the windows of ``authz/failurewindow.py``, per process, shared in mechanism with the
+client-authentication back-off (``authz/authfailures.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import threading
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cachetools import LRUCache
-
+from authz.failurewindow import FailureWindows
 from config.schema import CoreSettings
-
-
-@dataclass
-class _Window:
-    failures: deque[float] = field(default_factory=deque)
-    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,7 +39,7 @@ class Refusal:
 class Attempt:
     """One admitted sign-in attempt; ``SignInThrottle.finish`` decides it exactly once."""
 
-    keys: list[tuple[str, str]]
+    keys: list[tuple[tuple[str, str], int]]
     done: bool = False
 
 
@@ -58,8 +48,7 @@ class SignInThrottle:
         self.limit = limit
         self.source_limit = source_limit
         self.window = window
-        self._windows: LRUCache[tuple[str, str], _Window] = LRUCache(maxsize=size)
-        self._lock = threading.Lock()
+        self._windows = FailureWindows(window, size)
 
     @classmethod
     def from_settings(cls, settings: CoreSettings) -> SignInThrottle:
@@ -78,46 +67,23 @@ class SignInThrottle:
             keys.append((("source", source), self.source_limit))
         return keys
 
-    def _window(self, key: tuple[str, str], now: float) -> _Window:
-        window = self._windows.get(key)
-        if window is None:
-            window = _Window()
-            self._windows[key] = window
-        while window.failures and window.failures[0] <= now - self.window:
-            window.failures.popleft()
-        return window
-
     def begin(self, username: str, source: str | None, now: float) -> Attempt | Refusal:
         """Admit an attempt (counted as a failure until ``finish``) or say why it is refused."""
-        with self._lock:
-            limits = self._limits(username, source)
-            for key, limit in limits:
-                window = self._window(key, now)
-                if len(window.failures) + window.pending >= limit:
-                    if len(window.failures) >= limit:
-                        wait = window.failures[len(window.failures) - limit] + self.window - now
-                    else:
-                        wait = 1.0  # attempts in flight hold the last slots; they are decided in moments
-                    return Refusal(key[0], max(1, math.ceil(wait)))
-            for key, _ in limits:
-                self._window(key, now).pending += 1
-            return Attempt([key for key, _ in limits])
+        limits = self._limits(username, source)
+        refused = self._windows.admit(limits, now)
+        if refused:
+            first = refused[0]
+            assert isinstance(first.key, tuple)
+            return Refusal(str(first.key[0]), max(1, math.ceil(first.wait)))
+        return Attempt(limits)
 
     def finish(self, attempt: Attempt, *, failed: bool, now: float) -> bool:
         """Record the outcome; True when this failure reached the username's limit (the account locks)."""
-        locked = False
-        with self._lock:
-            if attempt.done:
-                return False
-            attempt.done = True
-            for key in attempt.keys:
-                window = self._window(key, now)
-                window.pending = max(0, window.pending - 1)
-                if failed:
-                    window.failures.append(now)
-                    if key[0] == "user" and len(window.failures) == self.limit:
-                        locked = True
-        return locked
+        if attempt.done:
+            return False
+        attempt.done = True
+        reached = self._windows.settle(attempt.keys, now, failed=failed)
+        return any(key[0] == "user" for key in reached if isinstance(key, tuple))
 
 
 __all__ = ["Attempt", "Refusal", "SignInThrottle"]
