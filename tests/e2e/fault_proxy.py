@@ -11,7 +11,8 @@ shared server is never stopped. Modes:
 And, on top of ``pass`` (issue 12 item 2, the rest):
 
 - ``set_latency(seconds, match=b"COMMIT")``: what the client sends in a chunk containing ``match`` (every
-  chunk when ``match`` is None) reaches the server ``seconds`` later (``upstream=False``: what the server
+  chunk when ``match`` is None; or that runs a statement prepared from such a text) reaches the server
+  ``seconds`` later (``upstream=False``: what the server
   answers reaches the client late); what follows it waits behind it, and the sender's FIN too, as on a slow
   link: bytes in flight are delivered, never lost;
 - ``hold_matching(b"LISTEN ")``: connections whose client has sent ``match`` are black-holed alone (both
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -83,10 +85,10 @@ class FaultProxy:
 
     def set_latency(self, seconds: float, match: bytes | None = None, upstream: bool = True) -> None:
         """Delay what the client sends (``upstream``) or what the server answers, in chunks containing ``match``."""
-        def apply() -> None:
+        async def apply() -> None:
             self.latency, self.latency_match, self.latency_upstream = seconds, match, upstream
 
-        self._loop.call_soon_threadsafe(apply)
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
     def hold_matching(self, match: bytes | None) -> None:
         """Black-hole the connections whose client sent ``match``; None heals them (held bytes then flow)."""
@@ -152,6 +154,7 @@ class FaultProxy:
             while True:
                 data = await reader.read(65536)
                 if upstream and data:
+                    link.learn(data)
                     link.seen = (link.seen + data)[-4096:]
                     link.held = link.held or (self.hold_match is not None and self.hold_match in link.seen)
                 if not data:
@@ -163,7 +166,7 @@ class FaultProxy:
                     break
                 at = loop.time()
                 if (upstream == self.latency_upstream and self.latency > 0
-                        and (self.latency_match is None or self.latency_match in data)):
+                        and (self.latency_match is None or link.matches(data, self.latency_match, upstream))):
                     at += self.latency
                     self.delayed += 1
                 queue.put_nowait((at, data))
@@ -208,3 +211,19 @@ class _Link:
     def __init__(self) -> None:
         self.seen = b""
         self.held = False
+        self.prepared: dict[bytes, bytes] = {}
+        """Statement name → text, of what the client prepared (PostgreSQL's Parse message)."""
+
+    def learn(self, data: bytes) -> None:
+        for name, text in re.findall(rb"P....([^\0]+)\0([^\0]*)\0", data, flags=re.DOTALL):
+            self.prepared[name] = text
+
+    def matches(self, data: bytes, match: bytes, upstream: bool) -> bool:
+        """``match`` is in ``data``, or (client to server) ``data`` runs a statement prepared from a text that
+        contains it: psycopg prepares a statement it ran five times and then sends only its name (Bind)."""
+        if not upstream:
+            return match in data
+        if match in data:
+            return True
+        return any(match in self.prepared.get(name, b"")
+                   for name in re.findall(rb"B....[^\0]*\0([^\0]+)\0", data, flags=re.DOTALL))

@@ -27,7 +27,18 @@ from tests.e2e.conftest import RunningScopegate, decision_lines, free_port
 from tests.e2e.fault_proxy import FaultProxy
 from tests.e2e.recording_upstream import RecordingUpstream
 from tests.e2e.test_proxy_gate import SECRET, config, sample, wait_for
-from tests.e2e.test_store_outage import BASE, BOUND, MAX_STALENESS, create_group, mint, orders, readyz, relay, schema
+from tests.e2e.test_store_outage import (
+    BASE,
+    BOUND,
+    MAX_STALENESS,
+    create_group,
+    mint,
+    orders,
+    readyz,
+    relay,
+    schema,
+    timed,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 __all__ = ["relay", "schema"]  # fixtures
@@ -200,4 +211,48 @@ def test_outage_listen_blackhole_then_partition_then_recovery(scopegate: Callabl
     assert orders(a, tokens[3]).status_code == 401
     wait_for(lambda: orders(b, tokens[3]).status_code == 401, BOUND)
     assert_caught_up(a, schema)
+
+    # (4) A management write whose COMMIT is held up in the network past storeTimeout: answered 503 at its
+    # deadline, and never applied when the COMMIT arrives (the measured defect of issue 12).
+    late = f"late-{uuid.uuid4().hex[:8]}"
+    relay.set_latency(LATE, match=b"COMMIT")
+    response, took = timed(lambda: create_named_group(a, late))
+    assert (response.status_code, took < BOUND) == (503, True), (response.text, took, relay.delayed)
+    assert response.json()["errorCode"] == "E0000009"
+    time.sleep(LATE + 0.5 - took)  # the COMMIT has reached the server
+    relay.set_latency(0)
+    assert (groups(b, late), events(b, late)) == ([], [])
+    # Its COMMIT on time but the answer lost: applied although the client was answered 503; its system-log
+    # event says so once A can ask the server what became of it.
+    lost = f"lost-{uuid.uuid4().hex[:8]}"
+    relay.set_latency(LATE, match=b"COMMIT", upstream=False)
+    response, took = timed(lambda: create_named_group(a, lost))
+    assert (response.status_code, took < BOUND) == (503, True)
+    relay.set_latency(0)
+    wait_for(lambda: [e["debugContext"]["debugData"].get("storeCommit") is not None for e in events(b, lost)] == [True],
+             BOUND + LATE)
+    assert len(groups(b, lost)) == 1
     assert a.stop() == 0
+
+
+LATE = 2.5
+"""Seconds the relay holds a COMMIT (or its answer): past storeTimeout (1 s)."""
+
+
+def create_named_group(gate: RunningScopegate, name: str) -> httpx.Response:
+    return httpx.post(f"{gate.core}/api/v1/groups", headers={"Authorization": f"SSWS {gate.admin_token}"},
+                      json={"profile": {"name": name}}, timeout=BOUND)
+
+
+def groups(gate: RunningScopegate, name: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{gate.core}/api/v1/groups", params={"q": name},
+                         headers={"Authorization": f"SSWS {gate.admin_token}"}, timeout=BOUND)
+    assert response.status_code == 200, response.text
+    return [g for g in response.json() if g["profile"]["name"] == name]
+
+
+def events(gate: RunningScopegate, name: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{gate.core}/api/v1/logs", params={"q": name},
+                         headers={"Authorization": f"SSWS {gate.admin_token}"}, timeout=BOUND)
+    assert response.status_code == 200, response.text
+    return [e for e in response.json() if e["eventType"] == "group.lifecycle.create"]
