@@ -109,7 +109,7 @@ def _links(href: str, **more: str) -> Doc:
 
 # Okta server fields scopegate does not implement, or that change only through a lifecycle call.
 _SERVER_IGNORED = _READ_ONLY | {"issuer", "issuerMode", "credentials", "default", "status"}
-_SERVER_FIELDS = {"name", "description", "audiences", "matchHost", "oidcScopesImplicit"}
+_SERVER_FIELDS = {"name", "description", "audiences", "matchHost", "oidcScopesImplicit", "accessTokenClaims"}
 
 
 def server_from_okta(body: Mapping[str, Any], server_id: str, existing: Doc | None) -> AuthorizationServerConfig:
@@ -137,6 +137,7 @@ def server_to_okta(issuer: str, base: str, doc: Doc, created: float, updated: fl
     for extension in ("matchHost", "oidcScopesImplicit"):
         if doc.get(extension):
             out[extension] = True
+    out["accessTokenClaims"] = doc.get("accessTokenClaims", "both")  # scopegate's extension (README: the scope claims)
     href = f"{base}/api/v1/authorizationServers/{doc['id']}"
     out["_links"] = {**_links(href, scopes=f"{href}/scopes", claims=f"{href}/claims", policies=f"{href}/policies"),
                      # Okta's one list-valued link: the two metadata documents.

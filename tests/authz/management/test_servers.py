@@ -122,6 +122,21 @@ class TestServers:
                                                    "audience": "x"})
         assert_validation(response, "audience")
 
+    async def test_access_token_claims_is_set_read_and_validated_through_the_api(self, api: Api) -> None:
+        """``accessTokenClaims`` (issue 10 item 3) is one of the server's own fields over the API as in the file:
+        set on create and replace, read back, and an unknown value is E0000001 naming it."""
+        created = (await api.client.post(AS, json={"name": "Pets", "audiences": ["https://api.example.com/pets"],
+                                                   "accessTokenClaims": "rfc9068"})).json()
+        assert created["accessTokenClaims"] == "rfc9068"
+        url = f"{AS}/{created['id']}"
+        assert (await api.client.get(url)).json()["accessTokenClaims"] == "rfc9068"
+        replaced = await api.client.put(url, json={"name": "Pets", "audiences": ["https://api.example.com/pets"],
+                                                   "accessTokenClaims": "okta"})
+        assert replaced.status_code == 200 and replaced.json()["accessTokenClaims"] == "okta"
+        bad = await api.client.put(url, json={"name": "Pets", "audiences": ["https://api.example.com/pets"],
+                                              "accessTokenClaims": "jwt"})
+        assert_validation(bad, "accessTokenClaims")
+
     async def test_malformed_json_is_e0000003(self, api: Api) -> None:
         """A body that is not a JSON object is Okta's E0000003."""
         response = await api.client.post(AS, content=b"{nope", headers={"Content-Type": "application/json"})
