@@ -12,15 +12,19 @@ internals; aiohttp never retries a non-idempotent request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
 from yarl import URL
 
 from authz.errors import BearerError, GateError
@@ -80,6 +84,11 @@ class RequestBody:
         self._more = True
         self.error: BaseException | None = None
         """What stopped the body (aiohttp wraps errors raised inside a request body into its own)."""
+
+    @property
+    def deadline(self) -> float:
+        """When the whole body must have arrived (``time.monotonic()``)."""
+        return self._deadline
 
     def take_error(self) -> BaseException:
         """The error that stopped the body, forgotten here: kept, it would be a cycle through its traceback."""
@@ -321,8 +330,52 @@ def response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
+RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""The methods sent a second time when a reused keep-alive connection closes before a byte of the answer (RFC 9112
+§9.3.1: "A user agent MUST NOT automatically retry a request with a non-idempotent method"). Only the safe ones
+(RFC 9110 §9.2.1): PUT and DELETE are idempotent, but the upstream may have acted on the first copy before it
+closed, and a proxy that replays a write on its own is a surprise; the client, which knows, can send it again."""
+
+_reused: ContextVar[_Handler | None] = ContextVar("scopegate_upstream_reused", default=None)
+"""The pooled connection this task's upstream request was sent on, when it was a reused one."""
+_fresh: ContextVar[bool] = ContextVar("scopegate_upstream_fresh", default=False)
+"""Set for a retry: it goes on a new connection, never on another pooled one that may be just as stale."""
+
+
+class _Handler(ResponseHandler):
+    """aiohttp's connection protocol, noting whether the current request's answer has sent a byte yet."""
+
+    answered = False
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        super().data_received(data)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool, telling the forwarder which requests went out on a reused connection (and so may meet the
+    keep-alive race), and handing out a new connection for a retry."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_Handler, loop=self._loop))
+
+    async def _get(self, key: Any, traces: list[Any]) -> Connection | None:
+        if _fresh.get():
+            return None
+        conn = await super()._get(key, traces)
+        if conn is not None and isinstance(protocol := conn.protocol, _Handler):
+            protocol.answered = False
+            _reused.set(protocol)
+        return conn
+
+
 class Forwarder:
-    """Owns the pooled upstream session (created at start-up, closed at shutdown)."""
+    """Owns the pooled upstream session (created at start-up, closed at shutdown).
+
+    Time bounds: the response head must arrive within ``upstream.timeout`` of the end of the time the client has
+    for its body (``limits.readTimeout``, when there is a body), however slowly it trickles; then the body may take
+    as long as it needs as long as no read waits more than ``upstream.timeout`` (a stream, server-sent events)."""
 
     def __init__(self, cfg: ScopegateConfig) -> None:
         self.base = cfg.upstream.url
@@ -332,17 +385,42 @@ class Forwarder:
     async def startup(self) -> None:
         if self.session is not None:
             return
-        connector = aiohttp.TCPConnector(limit=self.upstream.max_connections, keepalive_timeout=self.upstream.keepalive_timeout,
-                                         ttl_dns_cache=60)
+        connector = _Connector(limit=self.upstream.max_connections, keepalive_timeout=self.upstream.keepalive_timeout,
+                               ttl_dns_cache=60)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.upstream.connect_timeout,
                                         sock_read=self.upstream.timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=_SKIP_AUTO)
+        # aiohttp's own retry sends any idempotent request again (PUT and DELETE, with a consumed body, on a new
+        # connection, after part of a head): the forwarder retries, more narrowly, itself.
+        self.session._retry_connection = False
 
     async def shutdown(self) -> None:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+    async def _open(self, method: str, url: URL, headers: list[tuple[str, str]], body: RequestBody | None,
+                    deadline: float) -> aiohttp.ClientResponse:
+        """Send the request and wait for the response head, until ``deadline`` (loop time); retried once when a
+        reused connection closed before a byte of the answer (RFC 9112 §9.3.1), for a safe method without body."""
+        assert self.session is not None
+        _reused.set(None)
+        async with asyncio.timeout_at(deadline):
+            try:
+                return await self.session.request(method, url, headers=headers,
+                                                  data=body.__aiter__() if body else None, allow_redirects=False)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                protocol = _reused.get()
+                if (body is not None or method not in RETRIED_METHODS or protocol is None or protocol.answered
+                        or isinstance(exc, aiohttp.ClientConnectorError)):
+                    raise
+                drop_frames(exc)
+            fresh = _fresh.set(True)
+            try:
+                return await self.session.request(method, url, headers=headers, allow_redirects=False)
+            finally:
+                _fresh.reset(fresh)
 
     async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: RequestBody | None,
                       send: Send, decision: Decision) -> None:
@@ -350,9 +428,13 @@ class Forwarder:
         if self.session is None:
             raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The upstream connection pool is not started.")
         url = URL(self.base + target, encoded=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upstream.timeout
+        if body is not None:
+            deadline += max(0.0, body.deadline - time.monotonic())
         try:
-            async with self.session.request(method, url, headers=headers, data=body.__aiter__() if body else None,
-                                            allow_redirects=False) as response:
+            response = await self._open(method, url, headers, body, deadline)
+            async with response:
                 status = response.status
                 await send({"type": "http.response.start", "status": status,
                             "headers": response_headers(response.raw_headers)})
@@ -383,7 +465,14 @@ class Forwarder:
                 exc.__cause__ = exc.__context__ = None
                 raise body.take_error() from None
             if isinstance(exc, TimeoutError):  # aiohttp.ServerTimeoutError is one
-                raise GateError(504, reasons.UPSTREAM_TIMEOUT, "The upstream did not answer in time.") from None
-            if isinstance(exc, aiohttp.ClientError):
-                raise GateError(502, reasons.UPSTREAM_UNAVAILABLE, "The upstream is unavailable.") from None
-            raise
+                status, reason, text = 504, reasons.UPSTREAM_TIMEOUT, "The upstream did not answer in time."
+            elif isinstance(exc, aiohttp.ClientError):
+                status, reason, text = 502, reasons.UPSTREAM_UNAVAILABLE, "The upstream is unavailable."
+            else:
+                raise
+            if decision.response_started:
+                # Too late for a 502 or 504: the server closes the client's connection short of the body, and the
+                # decision log says why the answer was cut.
+                decision.reason = reason
+            # Raised, never kept in a local: this frame is in its traceback (a cycle, issue 11 item 1).
+            raise GateError(status, reason, text) from None

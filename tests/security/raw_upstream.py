@@ -291,3 +291,169 @@ class RawUpstream:
                 if conn in self._open:
                     self._open.remove(conn)
             conn.close()
+
+
+# ------------------------------------------------------------------------------------- a misbehaving upstream
+
+
+def _abort(conn: socket.socket) -> None:
+    """Close with RST instead of FIN (SO_LINGER 0), as a crashed or reset peer does. ``SHUT_RD`` first wakes a
+    thread blocked in ``recv`` on it (a close alone would not, and the socket would stay open until it returned)."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RD)
+    conn.close()
+
+
+@dataclass
+class FaultyUpstream:
+    """An upstream whose behaviour the request path chooses (issue 12 item 4); every request it reads is recorded
+    as (connection number, index on that connection, method, target).
+
+    - ``/reset-mid``: a head declaring 1,000 bytes of body, 10 of them, then RST;
+    - ``/reset-head``: half a status line, then RST (bytes of a response arrived: never retried);
+    - ``/close-head``: close (FIN) at once, not a byte answered, on any connection;
+    - ``/drop-reused``: on a connection's second or later request, close (FIN) without a byte: the keep-alive
+      race a pooled connection meets when the upstream closes it just as the proxy reuses it; answered on a
+      connection's first request;
+    - ``/hang-head``: never answer; ``/trickle-head``: one byte of a head every 0.1 s, forever;
+    - ``/hang-body``: a head declaring 1,000 bytes, 10 of them, then nothing;
+    - ``/big-headers``: a 200 carrying a 64 KiB header;
+    - anything else: 200 with a small JSON body, keep-alive. ``idle_close`` > 0 closes a connection that long
+      after its last answer (an upstream keep-alive timeout shorter than the proxy's).
+
+    ``start(port)`` binds a given port (SO_REUSEADDR), so ``stop()`` then ``start(port)`` is a restart."""
+
+    idle_close: float = 0.0
+    url: str = ""
+    port: int = 0
+    seen: list[tuple[int, int, str, str]] = field(default_factory=list)
+    connections: int = 0
+    _sock: socket.socket | None = None
+    _open: list[socket.socket] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, port: int = 0) -> FaultyUpstream:
+        self._stopping = threading.Event()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        thread = threading.Thread(target=self._accept, args=(sock, self._stopping), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and reset every open connection (a crashed upstream)."""
+        self._stopping.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+            self._sock = None
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            _abort(conn)
+        for thread in self._threads:
+            thread.join(5)
+        self._threads = []
+
+    def restart_with(self, idle_close: float) -> None:
+        """Restart on the same port with another ``idle_close``."""
+        self.stop()
+        self.idle_close = idle_close
+        self.start(self.port)
+
+    def targets(self, target: str) -> list[tuple[int, int, str, str]]:
+        with self._lock:
+            return [entry for entry in self.seen if entry[3] == target]
+
+    def _accept(self, sock: socket.socket, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                number = self.connections
+                self._open.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn, number, stopping), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket, number: int, stopping: threading.Event) -> None:
+        data = b""
+        index = 0
+        try:
+            if self.idle_close:
+                conn.settimeout(self.idle_close)
+            while not stopping.is_set():
+                one = parse_one(data)
+                if one is None:
+                    try:
+                        chunk = conn.recv(65536)
+                    except TimeoutError:
+                        return  # idle past idle_close: close (FIN)
+                    if not chunk:
+                        return
+                    data += chunk
+                    continue
+                request, end = one
+                data = data[end:]
+                with self._lock:
+                    self.seen.append((number, index, request.method, request.target))
+                index += 1
+                if not self._answer(conn, request, index, stopping):
+                    return
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                if conn in self._open:
+                    self._open.remove(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _answer(self, conn: socket.socket, request: ParsedRequest, index: int, stopping: threading.Event) -> bool:
+        """Answer one request; False when the connection is done."""
+        path = request.target.partition("?")[0]
+        if path.startswith("/reset-mid"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            time.sleep(0.05)
+            _abort(conn)
+            return False
+        if path.startswith("/reset-head"):
+            conn.sendall(b"HTTP/1.1 200 O")
+            time.sleep(0.05)
+            _abort(conn)
+            return False
+        if path.startswith("/close-head") or (path.startswith("/drop-reused") and index > 1):
+            return False
+        if path.startswith("/hang-head"):
+            stopping.wait(60)
+            return False
+        if path.startswith("/trickle-head"):
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if stopping.wait(0.1):
+                    return False
+                conn.sendall(bytes([byte]))
+            return False
+        if path.startswith("/hang-body"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            stopping.wait(60)
+            return False
+        if path.startswith("/big-headers"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 65536 + b"\r\nContent-Length: 2\r\n\r\nok")
+            return True
+        answer = _response(request.target, index)
+        conn.sendall(answer[:answer.index(b"\r\n\r\n") + 4] if request.method == "HEAD" else answer)
+        return True
