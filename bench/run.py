@@ -10,7 +10,8 @@ Scenarios (wrk -t2 -c64 unless stated; every server on loopback, free ports, one
   3. a bare uvicorn + aiohttp forwarder with no gate (``bench/floor.py``, the Python floor);
   4. scopegate, public route;
   5. scopegate, authenticated, one token (warm verified-token cache);
-  6. scopegate, authenticated, 10,000 distinct tokens rotated by ``bench/lua/rotate_tokens.lua``;
+  6. scopegate, authenticated, 10,000 distinct tokens rotated by ``bench/lua/rotate_tokens.lua`` (each sent
+     once before the rounds: this is the cache holding 10,000 tokens, not its first fill);
   7. scopegate ``run --workers 2``, authenticated, one token;
   8. the token endpoint, client_credentials, 8 concurrent clients (``bench/lua/token_post.lua``), next to
      8b. a raw RS256 sign loop (``cryptography``, RSA-2048, one core) on the same machine.
@@ -502,6 +503,8 @@ class Target:
     shown: str
     met: bool | None
     by: str
+    cpu: str = ""
+    """The same ratio from the CPU µs per request of the server trees (steadier than req/s on a shared machine)."""
 
 
 def at_least(name: str, value: float | None, limit: float, shown: str = "") -> Target:
@@ -612,6 +615,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if status != 200:
                 print(f"{url} answered {status} before the run", file=sys.stderr)
                 return 1
+        # Scenario 6 measures the cache holding N tokens, not its first fill: every token is verified once first.
+        primed = send_each(f"{gate.proxy}/api/items", tokens_file.read_text().split())
+        gate.served += sum(primed.values())
+        if set(primed) != {200}:
+            print(f"priming the rotated tokens: answers {primed}", file=sys.stderr)
+            return 1
 
         def on(target: Gate | None, url: str, opts: dict[str, Any], pid: int | None, **kw: Any) -> Callable[[], Run]:
             def measure() -> Run:
@@ -730,7 +739,11 @@ def targets(scenarios: Sequence[Scenario], rss: dict[str, Any]) -> list[Target]:
                               ("rotated tokens ÷ one token (6 ÷ 5), req/s", "6", "5", 0.90),
                               ("public ÷ bare floor (4 ÷ 3), req/s", "4", "3", 0.95)):
         values = per_round(s[a], s[b], rps)
-        out.append(at_least(name, median(values) if values else None, limit, ratio_text(values)))
+        target = at_least(name, median(values) if values else None, limit, ratio_text(values))
+        # Throughput is the inverse of CPU per request when the server is the bottleneck: b's CPU ÷ a's.
+        cpu = per_round(s[b], s[a], lambda r: r.cpu_us or 0.0)
+        target.cpu = ratio_text(cpu) if cpu else ""
+        out.append(target)
     tail = [r.p99_ms / r.p50_ms for r in s["5"].runs if r.p50_ms]
     out.append(at_most("p99 ÷ p50, authenticated at 64 connections (5)", median(tail) if tail else None, 2.5,
                        ratio_text(tail)))
@@ -812,12 +825,12 @@ def render(args: argparse.Namespace, info: dict[str, Any], scenarios: Sequence[S
         "RSS as the soak went (requests served → MB): "
         + ", ".join(f"{served:,} → {size / 1e6:.1f}" for size, served in rss["soak"]) + ".",
         "",
-        "| target (issue 11) | limit | this run: median (min–max of rounds) | |",
-        "|---|---|---|---|",
+        "| target (issue 11) | limit | this run: median (min–max of rounds) | | same ratio by CPU µs/req |",
+        "|---|---|---|---|---|",
     ]
     for t in targets(scenarios, rss):
         verdict = "—" if t.met is None else "met" if t.met else f"**missed**, {t.by}"
-        lines.append(f"| {t.name} | {t.limit} | {t.shown} | {verdict} |")
+        lines.append(f"| {t.name} | {t.limit} | {t.shown} | {verdict} | {t.cpu} |")
     if not has_workers:
         lines.append("\nScenario 7 needs `scopegate run --workers`; this build has none, so it was not run.")
     lines.append("")
