@@ -391,14 +391,14 @@ class PostgresStore(SqlStore):
         try:
             return self._run(conn, sql, params)
         except StoreError:
-            if conn.closed:
+            if conn.closed and xid is not None:
                 # No answer (a deadline, a lost connection): the COMMIT reached the server in time and its answer
                 # was lost, or it did not. The server knows; ask it once it can be reached (_settle_in_doubt).
                 with self._registry:
                     self._in_doubt.append((xid, 0))
             raise
 
-    def _guard_commit(self, conn: Any) -> int:
+    def _guard_commit(self, conn: Any) -> int | None:
         """Make a COMMIT that arrives after its client's deadline fail on the server (issue 12 item 2).
 
         The client waits ``timeout`` for a COMMIT it sends at t0, and the session went idle in this transaction
@@ -410,9 +410,9 @@ class PostgresStore(SqlStore):
         docs). A statement of its own just before the COMMIT, so that only the gap before the COMMIT counts,
         never the caller's work between earlier statements."""
         limit = max(int(self._deadline() * SERVER_SHARE * 1000), 1)
-        row = self._run(conn, "SELECT set_config('idle_in_transaction_session_timeout', ?, true), txid_current()",
-                        (f"{limit}ms",)).fetchone()
-        return int(row[1])
+        row = self._run(conn, "SELECT set_config('idle_in_transaction_session_timeout', ?, true), "
+                              "txid_current_if_assigned()", (f"{limit}ms",)).fetchone()
+        return None if row[1] is None else int(row[1])  # None: the transaction wrote nothing
 
     def _settle_in_doubt(self, conn: Any) -> None:
         """Find out what became of the COMMITs whose answer never came, and make the system log say so.
