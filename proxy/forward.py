@@ -25,6 +25,7 @@ from typing import Any, cast
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from authz.errors import BearerError, GateError
@@ -48,7 +49,20 @@ carries one Date (RFC 9110 §6.6.1; issue 8 item 16)."""
 PREFLIGHT_HEADERS = frozenset({b"origin", b"access-control-request-method", b"access-control-request-headers",
                                b"access-control-request-private-network"})
 """What a CORS preflight forwards of the client's headers (the last one: Private Network Access preflights)."""
-_SKIP_AUTO = frozenset({"User-Agent", "Accept-Encoding", "Accept", "Content-Type"})
+
+
+class _UpstreamRequest(aiohttp.ClientRequest):
+    """aiohttp's request, adding none of the headers it adds by default (``Accept``, ``Accept-Encoding``,
+    ``User-Agent``, a default ``Content-Type``): the upstream gets the client's, or none. Declared once here
+    instead of through ``skip_auto_headers``, which aiohttp turns into a sorted multidict and a copy of the
+    headers on every request (4-12 µs per request measured, bench/README.md "The upstream hop")."""
+
+    DEFAULT_HEADERS: dict[istr, str] = {}  # noqa: RUF012 (aiohttp's own attribute; read, never written)
+    _skip_auto_headers = CIMultiDict((name, None) for name in ("Content-Type",))
+    """Read by aiohttp where it would add ``Content-Type: application/octet-stream`` to a body without one."""
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        pass
 
 
 def drop_frames(exc: BaseException) -> None:
@@ -390,7 +404,7 @@ class Forwarder:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.upstream.connect_timeout,
                                         sock_read=self.upstream.timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                             cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=_SKIP_AUTO)
+                                             cookie_jar=aiohttp.DummyCookieJar(), request_class=_UpstreamRequest)
         # aiohttp's own retry sends any idempotent request again (PUT and DELETE, with a consumed body, on a new
         # connection, after part of a head): the forwarder retries, more narrowly, itself.
         self.session._retry_connection = False
