@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import resource
 import signal
@@ -56,6 +57,17 @@ from proxy.supervisor import WorkerSpec, read_config, resolve_workers
 EXIT_STARTUP = 2
 STORE_CHECK_INTERVAL = 0.5
 """Seconds between two background store checks (what /readyz reports)."""
+
+
+class CutAtGrace(logging.Filter):
+    """uvicorn logs each request it cancels at the end of ``shutdownGracePeriod`` as "Exception in ASGI
+    application" with a traceback; after its one line saying how many it cancels, that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+logging.getLogger("uvicorn.error").addFilter(CutAtGrace())
 
 
 class StartupError(Exception):
