@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import ConfigError
@@ -19,7 +19,7 @@ from proxy import reasons
 from proxy.cli import main
 from proxy.decision import Decision
 from proxy.decisionlog import PIPE_BUF, LineWriter
-from proxy.metrics import ProxyMetrics, WorkerMetrics
+from proxy.metrics import LoopValue, ProxyMetrics, WorkerMetrics
 from proxy.supervisor import resolve_workers, usable_cpus
 
 
@@ -145,3 +145,29 @@ class TestChoosingN:
         with pytest.raises(ConfigError, match="workers"):
             parse_config("workers: 2\nstore: 'sqlite:///:memory:'\n", "t.yaml", {})
         assert parse_config("workers: auto\n", "t.yaml", {}).workers == "auto"
+
+
+class TestLockFreeValues:
+    def test_every_proxy_series_counts_without_a_lock_and_scrapes_the_same(self) -> None:
+        """The proxy's counters and histograms use LoopValue (issue 11 item 3); should a prometheus_client release
+        change the internals ``unlock`` swaps, this fails instead of the values silently keeping their locks."""
+        registry = CollectorRegistry()
+        metrics = ProxyMetrics(registry)
+        metrics.prebuild(["read"])
+        decision = Decision("id", "GET", 0.0, 0.0, route="read", decision=reasons.ALLOW,
+                            reason=reasons.ALLOW_REASONS[0], status=200, duration=0.003, upstream_duration=0.002)
+        for _ in range(3):
+            metrics.record(decision)
+            metrics.cache_hit.inc()
+        child = metrics._requests[("read", reasons.ALLOW, reasons.ALLOW_REASONS[0])]
+        assert isinstance(child._value, LoopValue)
+        assert isinstance(metrics._durations["read"]._sum, LoopValue)
+        assert all(isinstance(b, LoopValue) for b in metrics.upstream._buckets)
+        assert isinstance(metrics.cache_hit._value, LoopValue)
+        text = scrape(generate_latest(registry))
+        allow = frozenset({("route", "read"), ("decision", reasons.ALLOW), ("reason", reasons.ALLOW_REASONS[0])})
+        assert text[("scopegate_requests_total", allow)] == 3
+        assert text[("scopegate_request_duration_seconds_count", frozenset({("route", "read")}))] == 3
+        assert text[("scopegate_request_duration_seconds_bucket", frozenset({("route", "read"), ("le", "0.005")}))] == 3
+        assert text[("scopegate_upstream_duration_seconds_sum", frozenset())] == pytest.approx(0.006)
+        assert text[("scopegate_token_cache_total", frozenset({("result", "hit")}))] == 3
