@@ -39,6 +39,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import random
 import statistics
@@ -60,6 +61,7 @@ MAIN = "https://api.example.com/api"
 SIDE = "https://api.example.com/side"
 LEGACY = "https://api.example.com/legacy"
 SECRETS = {"svc": "svc-secret-0123456789abcdef", "reader": "reader-secret-0123456789abc",
+           "introspector": "introspector-secret-0123456789",
            "side-app": "side-secret-0123456789abcdef", "churn-app": "churn-secret-0123456789abcd"}
 CHURN_PASSWORD = "churn-password-correct-horse"
 WEIGHTS = {"allowed": 55, "scope": 6, "no_token": 4, "no_resource": 2, "expired": 8, "revoked": 8, "mint": 6,
@@ -67,6 +69,11 @@ WEIGHTS = {"allowed": 55, "scope": 6, "no_token": 4, "no_resource": 2, "expired"
 EXPECTED = {"allowed": 200, "scope": 403, "no_token": 401, "no_resource": 403, "expired": 401, "revoked": 401,
             "mint": 200, "revoke": 200, "introspect": 200, "mgmt": 200, "probe": 200, "ws": 0}
 CORE_KINDS = {"mint", "revoke", "introspect"}
+CLIENT_IN_FLIGHT = 8
+"""Client authentications of one client in flight at most. The core's back-off counts attempts in flight against
+``core.clientAuthFailureLimit`` (10 per client and address, issue 8 item 10): beyond it a client with the right
+secret gets 429 (Retry-After: 1), by design. The bench stays under it, as a well-behaved client would
+(``--client-in-flight`` changes it, e.g. to show those 429s)."""
 
 
 def basic(client: str) -> dict[str, str]:
@@ -105,6 +112,7 @@ def config(store: str, upstream: str, legacy_issuer: str) -> dict[str, Any]:
         "apps": [
             {"clientId": "svc", "clientSecret": SECRETS["svc"], "name": "Service"},
             {"clientId": "reader", "clientSecret": SECRETS["reader"], "name": "Reader"},
+            {"clientId": "introspector", "clientSecret": SECRETS["introspector"], "name": "Introspector"},
             {"clientId": "side-app", "clientSecret": SECRETS["side-app"], "name": "Side"},
             {"clientId": "churn-app", "clientSecret": SECRETS["churn-app"], "name": "Churn",
              "grantTypes": ["password"], "assignments": {"users": ["churn"]}},
@@ -138,15 +146,18 @@ class Bucket:
 
 
 class Recorder:
-    def __init__(self, started: float, bucket_seconds: float) -> None:
+    def __init__(self, started: float, bucket_seconds: float, duration: float) -> None:
         self.started = started
         self.bucket_seconds = bucket_seconds
+        self.last_index = max(0, math.ceil(duration / bucket_seconds) - 1)
+        """Answers that arrive during the wind-down count in the last bucket."""
         self.buckets: list[Bucket] = []
         self.errors: list[str] = []
         self.error_count = 0
+        self.error_kinds: dict[str, int] = {}
 
     def bucket(self) -> Bucket:
-        index = int((time.monotonic() - self.started) // self.bucket_seconds)
+        index = min(int((time.monotonic() - self.started) // self.bucket_seconds), self.last_index)
         while len(self.buckets) <= index:
             self.buckets.append(Bucket(self.started + len(self.buckets) * self.bucket_seconds))
         return self.buckets[index]
@@ -160,6 +171,8 @@ class Recorder:
         if not ok:
             b.errors += 1
             self.error_count += 1
+            key = f"{kind} {detail.split(' ', 1)[0][:40]}"
+            self.error_kinds[key] = self.error_kinds.get(key, 0) + 1
             if len(self.errors) < 50:
                 self.errors.append(f"t+{time.monotonic() - self.started:.1f}s {kind}: {detail}")
 
@@ -181,6 +194,12 @@ class Soak:
         self.session: aiohttp.ClientSession | None = None
         self.rec: Recorder | None = None
         self.stop = asyncio.Event()
+        self.clients: dict[str, asyncio.Semaphore] = {}
+
+    def client_slot(self, client: str) -> asyncio.Semaphore:
+        if client not in self.clients:
+            self.clients[client] = asyncio.Semaphore(self.args.client_in_flight)
+        return self.clients[client]
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -237,6 +256,14 @@ class Soak:
     # ------------------------------------------------------------------------------------------ traffic
 
     async def request(self, kind: str) -> None:
+        if kind in CORE_KINDS:
+            # Waiting for the client's slot is the bench's own queue, not the core's latency.
+            async with self.client_slot("introspector" if kind == "introspect" else "svc"):
+                await self.timed(kind)
+        else:
+            await self.timed(kind)
+
+    async def timed(self, kind: str) -> None:
         assert self.rec is not None
         p, c = self.gate.proxy, self.gate.core
         detail = ""
@@ -268,7 +295,7 @@ class Soak:
                 if status == 200:
                     self.revoked.append(token)
             else:  # introspect
-                async with self.http.post(f"{c}/oauth2/main/v1/introspect", headers=basic("svc"),
+                async with self.http.post(f"{c}/oauth2/main/v1/introspect", headers=basic("introspector"),
                                           data={"token": self.rng.choice(self.valid)}) as r:
                     body = await r.read()
                     status = r.status
@@ -440,19 +467,20 @@ class Soak:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as self.session:
             setup = await self.setup()
             started = time.monotonic()
-            self.rec = Recorder(started, self.args.bucket)
+            self.rec = Recorder(started, self.args.bucket, self.args.duration)
             tasks = [asyncio.create_task(coro) for coro in
                      (self.traffic(), self.probe(), self.sample(), self.management(), self.websocket(0),
                       self.websocket(1))]
-            await asyncio.sleep(self.args.duration)
-            self.stop.set()
-            await asyncio.gather(*tasks)
-            # Drop a trailing sliver of a bucket (the tasks' wind-down), shorter than half a bucket.
-            rec = self.rec
-            elapsed = time.monotonic() - started
-            if len(rec.buckets) > 1 and elapsed - (len(rec.buckets) - 1) * rec.bucket_seconds < rec.bucket_seconds / 2:
-                tail = rec.buckets.pop()
-                rec.buckets[-1].errors += tail.errors
+            try:
+                await asyncio.sleep(self.args.duration)
+            finally:  # also on Ctrl-C: wind the tasks down, so that the processes are stopped and the schema dropped
+                self.stop.set()
+                done, pending = await asyncio.wait(tasks, timeout=30)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                task.result()
             return setup
 
 
@@ -524,9 +552,11 @@ def markdown(backend: str, args: argparse.Namespace, result: dict[str, Any]) -> 
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}; load average "
         f"before {result['loadavg_before']}, after {result['loadavg_after']}.",
         f"Traffic: {args.rate:g} req/s paced, at most {args.concurrency} in flight, {args.tokens:,} distinct valid "
-        f"tokens, a management change every {args.mgmt_interval:g} s, 2 WebSocket sessions, /healthz probe every "
+        f"tokens, at most {args.client_in_flight} client authentications of one client in flight, a management change "
+        f"every {args.mgmt_interval:g} s, 2 WebSocket sessions, /healthz probe every "
         f"100 ms. Setup: {result['setup']}.",
-        f"scopegate CPU over the run: {result['cpu_seconds']:.1f} s ({result['cpu_share']:.0%} of one core).", "",
+        f"scopegate CPU over the run: {result['cpu_seconds']:.1f} s ({result['cpu_share']:.0%} of one core); exit code "
+        f"{result['exit_code']}, tracebacks in its output: {result['log_tracebacks']}.", "",
         "| t (s) | requests | proxy p50 ms | proxy p99 ms | core p50 ms | core p99 ms | lag p50 ms | lag p99 ms | "
         "lag max ms | RSS MiB | fds min–max (not sockets) | errors | sent late | scopegate CPU | load avg |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -553,7 +583,9 @@ def markdown(backend: str, args: argparse.Namespace, result: dict[str, Any]) -> 
         lines.append(f"- proxy p99 drift, first vs last bucket: {t['p99_first_ms']} → {t['p99_last_ms']} ms "
                      f"({t['p99_drift']:+.0%}) → {yes[t['p99_ok']]}")
     if result["errors"]:
-        lines += ["", "First unexpected answers:", "", *(f"- `{e}`" for e in result["errors"][:20])]
+        lines += ["", "Unexpected answers by class and status: "
+                  + ", ".join(f"{k} × {v}" for k, v in sorted(result["error_kinds"].items())) + ".",
+                  "", "First unexpected answers:", "", *(f"- `{e}`" for e in result["errors"][:20])]
     return "\n".join(lines) + "\n"
 
 
@@ -579,11 +611,13 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             "duration": args.duration, "rate": args.rate, "tokens": args.tokens, "machine": kit.machine(),
             "loadavg_before": loadavg_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "setup": setup, "cpu_seconds": cpu, "cpu_share": cpu / max(args.duration, 1e-9),
-            **summarize(soak.rec), "errors": soak.rec.errors,
+            **summarize(soak.rec), "errors": soak.rec.errors, "error_kinds": soak.rec.error_kinds,
         }
         result["targets"] = targets(result["buckets"], soak.rec.error_count)
         exit_code = gate.stop()
         result["exit_code"] = exit_code
+        with gate.log_path.open(errors="replace") as log:
+            result["log_tracebacks"] = sum("Traceback (most recent call last)" in line for line in log)
         return result
 
 
@@ -594,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=250.0, help="requests per second (default 250)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight at most (default 32)")
     parser.add_argument("--tokens", type=int, default=10_000, help="distinct valid tokens (default 10,000)")
+    parser.add_argument("--client-in-flight", type=int, default=CLIENT_IN_FLIGHT,
+                        help=f"client authentications of one client in flight at most (default {CLIENT_IN_FLIGHT})")
     parser.add_argument("--mgmt-interval", type=float, default=3.0, help="seconds between management changes")
     parser.add_argument("--bucket", type=float, default=None, help="bucket seconds (default 60; 5 under 3 minutes)")
     parser.add_argument("--seed", type=int, default=12)

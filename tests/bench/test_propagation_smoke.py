@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +21,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The bench in a session of its own: on a timeout the whole group goes (its scopegate processes too)."""
+    with subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(f"the bench ran over {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
 def test_propagation_smoke_every_revocation_reaches_every_replica(tmp_path: Path) -> None:
     """Three revocations per backend and phase: each refused by every other replica, with figures for each phase."""
     out = tmp_path / "propagation.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "propagation.py"), "--revocations", "3", "--results", str(tmp_path),
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    run = run_bench([str(ROOT / "bench" / "propagation.py"), "--revocations", "3", "--results", str(tmp_path),
+                     "--json", str(out)], timeout=180)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = json.loads(out.read_text())
     assert [(r["backend"], r["replicas"], r["phase"]) for r in rows] == [

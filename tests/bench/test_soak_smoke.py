@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +20,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The bench in a session of its own: on a timeout the whole group goes (its scopegate processes too)."""
+    with subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(f"the bench ran over {timeout} s:\n{out[-3000:]}\n{err[-3000:]}") from None
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 pytestmark = pytest.mark.e2e
 
 
 def test_soak_smoke_produces_figures_and_no_unexpected_error(tmp_path: Path) -> None:
     """20 s of mixed traffic: every 5-s bucket has requests, latencies, lag, RSS and fds; no answer was unexpected."""
     out = tmp_path / "soak.json"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--backend", "sqlite", "--duration", "20", "--tokens", "500",
-         "--bucket", "5", "--results", str(tmp_path), "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    run = run_bench([str(ROOT / "bench" / "soak.py"), "--backend", "sqlite", "--duration", "20", "--tokens", "500",
+                     "--bucket", "5", "--results", str(tmp_path), "--json", str(out)], timeout=180)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     (result,) = json.loads(out.read_text())
     assert result["targets"]["unexpected_errors"] == 0, result["errors"]
