@@ -93,6 +93,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--native", action="store_true", help="sample C frames too (py-spy --native)")
+    parser.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL (py-spy "
+                        "--gil): Python's CPU, without threads blocked in C (an fdatasync under a COMMIT)")
     parser.add_argument("--raw", help="keep the collapsed stacks in this file (one per scenario: name.SCENARIO)")
     args = parser.parse_args()
     spy = py_spy()
@@ -124,6 +126,8 @@ def main() -> int:
                        "--output", str(out), "--rate", "250"]
             # --native pauses the process to unwind C frames; without it py-spy reads the stacks without pausing.
             command.append("--native" if args.native else "--nonblocking")
+            if args.gil:
+                command.append("--gil")
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"py-spy failed: {done.stderr.strip()}")
