@@ -2,7 +2,8 @@
 
 Several worker threads talk to A's core at once: they mint tokens (client_credentials on two authorization
 servers, password with a refresh token), refresh, revoke access and refresh tokens, and make management
-changes (deactivate and activate a user or an app, change a rule). A is killed with SIGKILL while they run,
+changes (deactivate and activate a user or an app, change a rule); two more keep replica B's proxy busy
+with the tokens A minted (200 or 401, never a 5xx). A is killed with SIGKILL while they run,
 so some requests get no answer: those are recorded as *unacknowledged* and nothing is asserted about them,
 except that the store holds no half of one. What A answered 200 (or 204) is *acknowledged* and goes into
 the ledger with two ticks of one logical clock: ``sent`` (taken before the request left) and ``done``
@@ -117,6 +118,9 @@ class Ledger:
     revoked: list[Revoked] = field(default_factory=list)
     changes: list[Changed] = field(default_factory=list)
     unacknowledged: int = 0
+    """Requests that got no answer (A was killed, or not yet back)."""
+    unavailable: int = 0
+    """Requests answered 503 with Retry-After (a store deadline): not acknowledged either."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     _clock: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -142,8 +146,10 @@ class Model:
 class LedgerDriver:
     """Drives A's core from ``workers`` threads between ``start()`` and ``stop()``; see the module docstring."""
 
-    def __init__(self, core: str, admin_token: str, seed: int = 0) -> None:
+    def __init__(self, core: str, admin_token: str, seed: int = 0, proxy: str | None = None) -> None:
         self.core = core
+        self.proxy = proxy
+        """Replica B's proxy, which a worker keeps busy with the ledger's tokens (None: no proxy traffic)."""
         self.admin_headers = {"Authorization": f"SSWS {admin_token}"}
         self.ledger = Ledger()
         self.model = Model()
@@ -233,6 +239,8 @@ class LedgerDriver:
         jobs: list[Callable[[httpx.Client, random.Random], None]] = [
             self._client_credentials, self._client_credentials, self._password, self._password,
             self._refresh, self._revoke, self._change]
+        if self.proxy is not None:
+            jobs.append(self._proxy_traffic)
         self._threads = [threading.Thread(target=self._loop, args=(job, self.random.randrange(1 << 30)), daemon=True)
                          for job in jobs]
         for thread in self._threads:
@@ -274,14 +282,25 @@ class LedgerDriver:
         with self.ledger.lock:
             self.errors.append(text)
 
+    def _unexpected(self, what: str, response: httpx.Response) -> bool:
+        """A 503 with ``Retry-After`` is the store's deadline (issue 12: a clear answer, nothing acknowledged, to
+        retry): counted as unacknowledged. Any other 5xx is an error. True for either."""
+        if response.status_code == 503 and response.headers.get("retry-after"):
+            with self.ledger.lock:
+                self.ledger.unavailable += 1
+            return True
+        if response.status_code >= 500:
+            self._error(f"{what}: {response.status_code} {response.text[:300]}")
+            return True
+        return False
+
     def _record_mint(self, response: httpx.Response, as_id: str, client_id: str, user_id: str | None,
                      sent: int, refresh: str | None = None) -> Minted | None:
         done = self.ledger.tick()
         with self.ledger.lock:
             self.answers[f"token {response.status_code} {response.json().get('error', '')}".strip()] += 1
             self._acks += 1 if response.status_code == 200 else 0
-        if response.status_code >= 500:
-            self._error(f"token {as_id} {client_id}: {response.status_code} {response.text[:300]}")
+        self._unexpected(f"token {as_id} {client_id}", response)
         if response.status_code != 200:
             return None
         body = response.json()
@@ -370,18 +389,51 @@ class LedgerDriver:
         sent = self.ledger.tick()
         response = client.post(f"/oauth2/{as_id}/v1/revoke", auth=auth, data={"token": token, "token_type_hint": kind})
         done = self.ledger.tick()
-        if response.status_code >= 500:
-            self._error(f"revoke {kind}: {response.status_code} {response.text[:300]}")
+        self._unexpected(f"revoke {kind}", response)
         if response.status_code == 200:
             with self.ledger.lock:
                 self.ledger.revoked.append(Revoked(kind, token, as_id, auth[0], sent, done))
 
+    def _read_back(self, client: httpx.Client, op: str, target: str) -> None:
+        kind = op.split(".")[0]
+        path = {"user": f"/api/v1/users/{target}", "app": f"/api/v1/apps/{target}", "rule": self.rule_path}[kind]
+        response = client.get(path, headers=self.admin_headers)
+        if response.status_code != 200:
+            return
+        body = response.json()
+        if kind == "user":
+            self.model.user_active[target] = body["status"] == "ACTIVE"
+        elif kind == "app":
+            self.model.app_active[target] = body["status"] == "ACTIVE"
+        else:
+            self.model.rule_lifetime = int(body["actions"]["token"]["accessTokenLifetimeMinutes"])
+
+    def _proxy_traffic(self, client: httpx.Client, rng: random.Random) -> None:
+        """Replica B's proxy serves requests with recent tokens of the file's server: 200 or 401, never 5xx."""
+        with self.ledger.lock:
+            recent = [m for m in self.ledger.minted[-50:] if m.as_id == PROXIED_AS]
+        if not recent:
+            self._stop.wait(0.02)
+            return
+        response = client.get(f"{self.proxy}/ledger/x", headers={"Authorization": f"Bearer {rng.choice(recent).access}"})
+        with self.ledger.lock:
+            self.answers[f"proxy {response.status_code}"] += 1
+        if response.status_code not in (200, 401):
+            self._error(f"B's proxy: {response.status_code} {response.text[:300]}")
+        self._stop.wait(0.005)  # steady traffic, not a flood that starves A of the machine's two cores
+
     def _change(self, client: httpx.Client, rng: random.Random) -> None:
         roll = rng.random()
         value: bool | int
+        # Deactivations leave at least two users and one service able to mint, so that every burst has load.
+        active_users = sum(self.model.user_active.values())
+        active_services = sum(self.model.app_active[c] for c in SERVICES)
         if roll < 0.4:
             user_id = rng.choice(sorted(self.model.user_active))
             activate = not self.model.user_active[user_id]
+            if not activate and active_users <= 2:
+                self._stop.wait(0.01)
+                return
             op, target, value = ("user.activate" if activate else "user.deactivate"), user_id, activate
             path = f"/api/v1/users/{user_id}/lifecycle/{'activate' if activate else 'deactivate'}"
             body = None
@@ -389,6 +441,9 @@ class LedgerDriver:
         elif roll < 0.7:
             client_id = rng.choice(sorted(self.model.app_active))
             activate = not self.model.app_active[client_id]
+            if not activate and client_id in SERVICES and active_services <= 1:
+                self._stop.wait(0.01)
+                return
             op, target, value = ("app.activate" if activate else "app.deactivate"), client_id, activate
             path = f"/api/v1/apps/{client_id}/lifecycle/{'activate' if activate else 'deactivate'}"
             body = None
@@ -402,7 +457,10 @@ class LedgerDriver:
         response = client.request(method, path, json=body, headers=self.admin_headers)
         done = self.ledger.tick()
         if response.status_code >= 300:
-            self._error(f"{op} {target}: {response.status_code} {response.text[:300]}")
+            if not self._unexpected(f"{op} {target}", response):
+                self._error(f"{op} {target}: {response.status_code} {response.text[:300]}")
+            self._stop.wait(0.05)
+            self._read_back(client, op, target)  # a 503 may hide a commit (issue 12): steer by what is stored
             return
         record.done = done
         if op.startswith("user."):
