@@ -170,8 +170,10 @@ class Scopegate:
         listens = [("proxy", cfg.listen.proxy), ("ops", cfg.listen.ops)]
         if cfg.listen.core != "off":
             listens.insert(1, ("core", cfg.listen.core))
-        if self.worker is not None:
-            socks = {name: adopt(self.worker.fds[name]) for name, _ in listens}
+        socks: dict[str, socket.socket]
+        if self.worker is not None:  # the sockets the supervisor made at start, whatever a reload since says
+            fds = self.worker.fds
+            socks = {name: adopt(fds[name]) for name in ("proxy", "core", "ops") if name in fds}
         else:
             socks = {name: bind(name, address) for name, address in listens}
         try:

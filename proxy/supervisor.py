@@ -76,6 +76,10 @@ class WorkerSpec:
     """The config file's name, for messages (the worker reads the text the supervisor validated)."""
     ready_fd: int
     parent: int
+    store: str = ""
+    """The store the run started with: a reload that names another one takes effect at the next start, and a
+    worker started after it (a restart) must use the same store as the others."""
+    store_timeout: float = 1.0
 
     @property
     def config_file(self) -> str:
@@ -87,7 +91,8 @@ class WorkerSpec:
 
     def to_env(self) -> str:
         return json.dumps({"index": self.index, "fds": self.fds, "runDir": self.run_dir, "source": self.source,
-                           "readyFd": self.ready_fd, "parent": self.parent})
+                           "readyFd": self.ready_fd, "parent": self.parent, "store": self.store,
+                           "storeTimeout": self.store_timeout})
 
     @classmethod
     def from_environ(cls) -> WorkerSpec | None:
@@ -96,11 +101,19 @@ class WorkerSpec:
             return None
         doc = json.loads(raw)
         return cls(int(doc["index"]), {str(k): int(v) for k, v in doc["fds"].items()}, str(doc["runDir"]),
-                   str(doc["source"]), int(doc["readyFd"]), int(doc["parent"]))
+                   str(doc["source"]), int(doc["readyFd"]), int(doc["parent"]), str(doc["store"]),
+                   float(doc["storeTimeout"]))
 
     def load_config(self) -> ScopegateConfig:
-        """The config the supervisor validated and reconciled last (start-up or SIGHUP)."""
-        return parse_config(Path(self.config_file).read_text(encoding="utf-8"), self.source, os.environ)
+        """The config the supervisor validated and reconciled last (start-up or SIGHUP), on the run's store.
+
+        The listeners are the inherited sockets whatever the text says (``Scopegate.start``), and the store the one
+        the run started with, so that a worker restarted after a reload that changed either serves what the others
+        serve (both take effect at the next start, as with one process)."""
+        cfg = parse_config(Path(self.config_file).read_text(encoding="utf-8"), self.source, os.environ)
+        if self.store and (cfg.store, cfg.store_timeout) != (self.store, self.store_timeout):
+            cfg = cfg.model_copy(update={"store": self.store, "store_timeout": self.store_timeout})
+        return cfg
 
     def signal_ready(self) -> None:
         with contextlib.suppress(OSError):
@@ -328,7 +341,7 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         try:
             spec = WorkerSpec(index, {name: sock.fileno() for name, sock in socks.items()}, self.run_dir,
-                              self.source, ready_w, os.getpid())
+                              self.source, ready_w, os.getpid(), self.store_url, self.store_timeout)
             process = subprocess.Popen(
                 [sys.executable, "-m", "proxy.cli", "run"],
                 env={**os.environ, ENV: spec.to_env()},

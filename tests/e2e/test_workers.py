@@ -137,15 +137,17 @@ def test_metrics_report_every_worker_as_one(gate: RunningScopegate) -> None:
 
 
 def test_reload_reaches_every_worker(gate: RunningScopegate, upstream_m: RecordingUpstream) -> None:
-    """SIGHUP to the supervisor: the new routes are in force in every worker; an invalid file is refused once,
-    by the supervisor, and every worker keeps the running configuration."""
+    """SIGHUP to the supervisor: the new routes are in force in every worker; a new store is left for the next
+    start; an invalid file is refused once, by the supervisor, and every worker keeps the running configuration."""
     assert set(spread(f"{gate.proxy}/api/extra")) == {403}  # inside the resource, no route
     doc = yaml.safe_load(gate.config_path.read_text())
     doc["routes"].insert(0, {"name": "extra", "path": "/api/extra", "public": True})
+    doc["store"] = f"sqlite:///{gate.config_path.parent / 'other.db'}"
     gate.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     gate.signal(signal.SIGHUP)
     pids = children(gate.process.pid)
     wait_for(lambda: gate.output().count("reloaded") >= 1 + WORKERS, 30)
+    assert "store take effect at the next start" in gate.output()
     assert spread(f"{gate.proxy}/api/extra") == [200] * SPREAD
     wait_for(lambda: answered_by(gate, path="/api/extra", status=200) == pids)
 
@@ -160,7 +162,8 @@ def test_reload_reaches_every_worker(gate: RunningScopegate, upstream_m: Recordi
 
 def test_a_killed_worker_is_replaced(gate: RunningScopegate) -> None:
     """SIGKILL one worker: the other keeps answering every new connection at once, the supervisor starts a
-    replacement (a new pid that serves), and the restart is counted in /metrics."""
+    replacement (a new pid that serves, on the store the run started with although a reload named another), and
+    the restart is counted in /metrics."""
     before = children(gate.process.pid)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
@@ -171,6 +174,9 @@ def test_a_killed_worker_is_replaced(gate: RunningScopegate) -> None:
     (replacement,) = after - before
     assert spread(f"{gate.proxy}/api/public/after") == [200] * SPREAD
     wait_for(lambda: answered_by(gate, path="/api/public/after") == after)
+    # Tokens minted by either worker pass in both: one store, one set of signing keys.
+    for _ in range(4):
+        assert spread(f"{gate.proxy}/api/orders/after", bearer(token(gate)), count=10) == [200] * 10
     assert f"worker 0 (pid {victim}) exited with signal SIGKILL" in gate.output() or \
         f"(pid {victim}) exited with signal SIGKILL" in gate.output()
     wait_for(lambda: total(metric_samples(gate), "scopegate_worker_restarts_total") >= 1, 10)

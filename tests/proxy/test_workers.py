@@ -20,7 +20,7 @@ from proxy.cli import main
 from proxy.decision import Decision
 from proxy.decisionlog import PIPE_BUF, LineWriter
 from proxy.metrics import LoopValue, ProxyMetrics, WorkerMetrics
-from proxy.supervisor import resolve_workers, usable_cpus
+from proxy.supervisor import WorkerSpec, resolve_workers, usable_cpus
 
 
 def worker(directory: Path, index: int, pid: int, requests: int, in_flight: int, age: float) -> WorkerMetrics:
@@ -171,3 +171,17 @@ class TestLockFreeValues:
         assert text[("scopegate_request_duration_seconds_bucket", frozenset({("route", "read"), ("le", "0.005")}))] == 3
         assert text[("scopegate_upstream_duration_seconds_sum", frozenset())] == pytest.approx(0.006)
         assert text[("scopegate_token_cache_total", frozenset({("result", "hit")}))] == 3
+
+
+class TestWorkerSpec:
+    def test_a_worker_keeps_the_runs_store_whatever_a_reload_names(self, tmp_path: Path) -> None:
+        """A worker restarted after a reload that named another store uses the store the run started with, as
+        the other workers do (the store changes at the next start)."""
+        (tmp_path / "config.yaml").write_text("store: 'sqlite:///elsewhere.db'\nstoreTimeout: 5s\n")
+        spec = WorkerSpec(0, {"proxy": 5}, str(tmp_path), "scopegate.yaml", 9, 1, "sqlite:///first.db", 1.0)
+        cfg = spec.load_config()
+        assert (cfg.store, cfg.store_timeout) == ("sqlite:///first.db", 1.0)
+        assert WorkerSpec.from_environ() is None
+        os.environ["SCOPEGATE_WORKER"] = spec.to_env()
+        assert WorkerSpec.from_environ() == spec
+        assert "SCOPEGATE_WORKER" not in os.environ  # not passed on to anything the worker starts
