@@ -33,7 +33,7 @@ from config.headers import HOP_BY_HOP as HEADERS_HOP_BY_HOP
 from config.schema import ScopegateConfig
 from proxy import reasons
 from proxy.decision import Decision
-from proxy.guard import RequestHead, is_plain_name, is_protected, protected_names
+from proxy.guard import RequestHead, protected_names
 from proxy.routes import UNROUTED
 from proxy.validate import VerifiedToken
 
@@ -232,9 +232,6 @@ def _scalar_text(value: Any) -> str | None:
 class HeaderPlan:
     """Header sets and names built once per configuration."""
 
-    _MAX_NAMES = 1024
-    """Bound on the memo of client header names (they are client-chosen: the memo must not grow without end)."""
-
     def __init__(self, cfg: ScopegateConfig) -> None:
         identity = cfg.proxy.identity
         self.protected = protected_names(identity, cfg.proxy.strip_headers, cfg.routes)
@@ -242,45 +239,16 @@ class HeaderPlan:
         self.client_id = identity.client_id_header
         self.scopes = identity.scopes_header
         self.auth_server = identity.auth_server_header
-        self.forward_authorization = identity.forward_authorization
-        self._names: dict[bytes, str | None] = {}
-        """Raw header name → the name to forward it under, or None when it is never forwarded."""
         self.claims = _claim_plans(cfg)
         """Route name (``unrouted`` for ``proxy.unrouted: any_valid_token``) → its claim headers; empty when no
         claims are configured, which is all the hot path then looks at."""
 
-    def _classify(self, raw_name: bytes) -> str | None:
-        """Steps (1) and (2) for one name: None when hop-by-hop, spelled with '_', '.' or other punctuation,
-        protected or a withheld token."""
-        name = raw_name.decode("latin-1")
-        if name in HOP_BY_HOP or not is_plain_name(raw_name) or is_protected(name, self.protected):
-            kept: str | None = None
-        elif name == "authorization" and not self.forward_authorization:
-            kept = None
-        else:
-            kept = name
-        if len(self._names) < self._MAX_NAMES:
-            self._names[raw_name] = kept
-        return kept
-
     def upstream_headers(self, head: RequestHead, scope: Mapping[str, Any], token: VerifiedToken | None,
                          route: str = UNROUTED) -> list[tuple[str, str]]:
-        """Steps (1)-(3); ``route`` (the matched route's name) chooses the claim headers. Raises BearerError
-        ``bad_claims`` when a claim cannot be sent."""
-        out: list[tuple[str, str]] = []
-        names = self._names
-        connection_named: set[str] | None = None
-        for raw_name, raw_value in head.headers:
-            name = names[raw_name] if raw_name in names else self._classify(raw_name)
-            if name is None:
-                if raw_name == b"connection":
-                    if connection_named is None:
-                        connection_named = set()
-                    connection_named.update(t.strip().lower() for t in raw_value.decode("latin-1").split(","))
-                continue
-            out.append((name, raw_value.decode("latin-1")))
-        if connection_named:
-            out = [(name, value) for name, value in out if name not in connection_named]
+        """Steps (1)-(3): the client's headers the guard kept (``head.forward``: it applied steps (1) and (2) in its
+        one scan of them), then the proxy's own; ``route`` (the matched route's name) chooses the claim headers.
+        Raises BearerError ``bad_claims`` when a claim cannot be sent."""
+        out = [*head.forward]
         if head.content_length is not None and (head.content_length or head.method not in ("GET", "HEAD")):
             out.append(("Content-Length", str(head.content_length)))
         client = scope.get("client")
@@ -298,12 +266,12 @@ class HeaderPlan:
                 out.extend(plan.values(token.claims, token.as_id))
         return out
 
-
     def preflight_headers(self, head: RequestHead, scope: Mapping[str, Any]) -> list[tuple[str, str]]:
         """A token-less CORS preflight's headers: Origin and the Access-Control-Request-* ones (all the upstream
         needs to answer it, Fetch standard §3.2.2), then the proxy's own X-Forwarded-*; no body framing."""
-        cors = [(name, value) for name, value in head.headers if name in PREFLIGHT_HEADERS]
-        return self.upstream_headers(replace(head, headers=cors, content_length=None, chunked=False), scope, None)
+        cors = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
+                if name in PREFLIGHT_HEADERS]
+        return self.upstream_headers(replace(head, forward=cors, content_length=None, chunked=False), scope, None)
 
 
 def _claim_plans(cfg: ScopegateConfig) -> dict[str, ClaimHeaders]:

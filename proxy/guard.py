@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.errors import GateError
-from config.headers import FORWARDING, FORWARDING_PREFIXES, GATEWAY_IDENTITIES
+from config.headers import FORWARDING, FORWARDING_PREFIXES, GATEWAY_IDENTITIES, HOP_BY_HOP
 from config.schema import Identity, Limits
 from config.schema import Route as RouteConfig
 from proxy import reasons
@@ -130,13 +130,49 @@ class RequestHead:
     form: bool
     preflight: bool
     headers: list[tuple[bytes, bytes]]
+    forward: list[tuple[str, str]]
+    """The client's headers that may go to the upstream, in order (forward.py's steps (1) and (2), less the names
+    ``Connection`` lists): found in the same scan that checks them."""
+    connection_named: frozenset[str] | set[str] = frozenset()
+    """Lower-case names the client's ``Connection`` headers list (hop-by-hop for this request)."""
+
+
+_AUTHORIZATION, _HOST_NAME, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONTENT_TYPE, _ORIGIN, _ACRM, _UPGRADE = 1, 2, 3, 4, 5, 6, 7, 8
+_CONNECTION, _REFUSED = 9, 10
+_KINDS = {b"authorization": _AUTHORIZATION, b"host": _HOST_NAME, b"content-length": _CONTENT_LENGTH,
+          b"transfer-encoding": _TRANSFER_ENCODING, b"content-type": _CONTENT_TYPE, b"origin": _ORIGIN,
+          b"access-control-request-method": _ACRM, b"upgrade": _UPGRADE, b"connection": _CONNECTION}
+"""The names the guard reads; any other is kind 0 (only forwarded or not), or ``_REFUSED``."""
 
 
 class ParseGuard:
+    _MAX_NAMES = 1024
+    """Bound on the memo of client header names (they are client-chosen: the memo must not grow without end)."""
+
     def __init__(self, limits: Limits, identity: Identity, strip_headers: Iterable[str] = (),
                  routes: Iterable[RouteConfig] = ()) -> None:
         self.limits = limits
         self.protected = protected_names(identity, strip_headers, routes)
+        self.forward_authorization = identity.forward_authorization
+        self._names: dict[bytes, tuple[int, str | None]] = {}
+        """Raw header name → (its kind, the name it is forwarded under or None): each name is classified once."""
+
+    def _classify(self, raw_name: bytes) -> tuple[int, str | None]:
+        """A name's kind, and forward.py's steps (1) and (2) for it: None when hop-by-hop, spelled with '_', '.'
+        or other punctuation, protected, or a withheld token."""
+        kind = _KINDS.get(raw_name, 0)
+        name = raw_name.decode("latin-1")
+        kept: str | None = name
+        if not is_plain_name(raw_name):
+            kept = None
+            if is_protected(fold_name(raw_name), self.protected):
+                kind = _REFUSED
+        elif (name in HOP_BY_HOP or is_protected(name, self.protected)
+              or (kind == _AUTHORIZATION and not self.forward_authorization)):
+            kept = None
+        if len(self._names) < self._MAX_NAMES:
+            self._names[raw_name] = (kind, kept)
+        return kind, kept
 
     def check(self, scope: Mapping[str, Any]) -> RequestHead:
         limits = self.limits
@@ -169,31 +205,42 @@ class ParseGuard:
         origin = False
         acrm = False
         upgrade = False
+        forward: list[tuple[str, str]] = []
+        connection_named: set[str] | None = None
+        names = self._names
         for name, value in headers:
             total += len(name) + len(value) + 4
             if b"\x00" in value or b"\r" in value or b"\n" in value:
                 raise GateError(400, reasons.BAD_HEADER, "A header value contains a control character.", close=True)
-            if name == b"authorization":
-                authorization.append(value)
-            elif name == b"host":
-                hosts += 1
-                host = value.decode("latin-1")
-            elif name == b"content-length":
-                content_lengths.append(value)
-            elif name == b"transfer-encoding":
-                transfer_encodings.append(value)
-            elif name == b"content-type":
-                # Any Content-Type naming a form makes it one: with two, the upstream may read either.
-                form = form or value[:33].lower() == b"application/x-www-form-urlencoded"
-            elif name == b"origin":
-                origin = True
-            elif name == b"access-control-request-method":
-                acrm = True
-            elif name == b"upgrade":
-                upgrade = True
-            elif not is_plain_name(name) and is_protected(fold_name(name), self.protected):
-                raise GateError(400, reasons.BAD_HEADER,
-                                "Identity and forwarding headers cannot be spelled with '_', '.' or other punctuation.")
+            kind, kept = names.get(name) or self._classify(name)
+            if kind:
+                if kind == _AUTHORIZATION:
+                    authorization.append(value)
+                elif kind == _HOST_NAME:
+                    hosts += 1
+                    host = value.decode("latin-1")
+                elif kind == _CONTENT_LENGTH:
+                    content_lengths.append(value)
+                elif kind == _TRANSFER_ENCODING:
+                    transfer_encodings.append(value)
+                elif kind == _CONTENT_TYPE:
+                    # Any Content-Type naming a form makes it one: with two, the upstream may read either.
+                    form = form or value[:33].lower() == b"application/x-www-form-urlencoded"
+                elif kind == _ORIGIN:
+                    origin = True
+                elif kind == _ACRM:
+                    acrm = True
+                elif kind == _UPGRADE:
+                    upgrade = True
+                elif kind == _CONNECTION:
+                    if connection_named is None:
+                        connection_named = set()
+                    connection_named.update(t.strip().lower() for t in value.decode("latin-1").split(","))
+                else:
+                    raise GateError(400, reasons.BAD_HEADER,
+                                    "Identity and forwarding headers cannot be spelled with '_', '.' or other punctuation.")
+            if kept is not None:
+                forward.append((kept, value.decode("latin-1")))
         if total > limits.max_header_bytes:
             raise GateError(431, reasons.HEADERS_TOO_LARGE, "The request headers are too large.", close=True)
         if hosts > 1:
@@ -211,8 +258,10 @@ class ParseGuard:
             chunked = True
         if content_length is not None and content_length > limits.max_body_bytes:
             raise GateError(413, reasons.TOO_LARGE, "The request body is too large.", close=True)
+        if connection_named:
+            forward = [(name, value) for name, value in forward if name not in connection_named]
         return RequestHead(method, raw_path, query, host, authorization, content_length, chunked, form,
-                           method == "OPTIONS" and origin and acrm, headers)
+                           method == "OPTIONS" and origin and acrm, headers, forward, connection_named or frozenset())
 
 
 def _check_protocol(scope: Mapping[str, Any], host: str | None, upgrade: bool) -> None:

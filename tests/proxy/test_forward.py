@@ -41,3 +41,15 @@ async def test_the_clients_own_headers_go_as_sent(gate: Gate) -> None:
     received = {name.lower(): value for name, value in gate.upstream.received[-1].headers}
     assert (received["accept"], received["accept-encoding"], received["user-agent"], received["content-type"]) == (
         "text/csv", "identity", "curl/8", "text/plain")
+
+
+async def test_one_scan_keeps_what_each_name_means_on_every_request(gate: Gate) -> None:
+    """The guard classifies a header name once and remembers it: the second request with the same names is
+    treated as the first (a refused spelling refused again, a Connection-listed name dropped again)."""
+    for _ in range(2):
+        status, _, _ = await call(gate.app, [(b"host", b"api.example.com"), (b"x_scopegate_subject", b"admin")])
+        assert status == 400
+        status, _, _ = await call(gate.app, [(b"host", b"api.example.com"), (b"connection", b"x-drop, keep-alive"),
+                                             (b"x-drop", b"1"), (b"x-keep", b"2"), (b"x_other", b"3")])
+        assert status == 200
+        assert names(gate) == _PROXY_OWN | {"x-keep"}
