@@ -56,6 +56,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))  # mint_like reads the store with this checkout's authz
 SECRET = "bench-secret-0123456789abcdef"
 AS_ID = "bench"
 BODY = '{"ok":true,"items":[1,2,3]}'
@@ -245,8 +247,9 @@ def floor(upstream: str) -> Iterator[tuple[str, int]]:
 
 
 def scopegate_command() -> list[str]:
-    script = Path(sys.executable).parent / "scopegate"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "proxy.cli"]
+    """``scopegate`` from this checkout (run with ``cwd=ROOT``): the code next to this file is what is measured,
+    also from a second worktree, whatever the environment's installed ``scopegate`` points at."""
+    return [sys.executable, "-m", "proxy.cli"]
 
 
 def workers_supported() -> bool:
