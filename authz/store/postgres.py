@@ -59,6 +59,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from authz.store.errors import StoreConflict, StoreError
 from authz.store.sql import Cursor, SqlStore, SqlTx
@@ -148,6 +149,27 @@ def _ended_by_server(conn: psycopg.Connection[Any]) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
     return bool(poller.poll(0))
+
+
+_SESSION_ENDED = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.IdleSessionTimeout)
+"""The server's own word that it ended the session (SQLSTATE 57P01, 57P02, 57P05)."""
+
+
+class _Session:
+    """A thread's connection as its callers hold it (``SqlTx`` keeps it for a whole transaction).
+
+    The idle check (``_ended_by_server``) can lose a race: ``pg_terminate_backend`` or a shutdown returns before
+    the backend has said goodbye, and the next statement then gets that goodbye for its answer. When that
+    statement opens a transaction (BEGIN) or is a read outside one, the server ran nothing of it, so it is run
+    again on a new connection put in place here, where the transaction then carries on."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
 
 
 def _masked(url: str) -> str:
@@ -344,31 +366,37 @@ class PostgresStore(SqlStore):
                 raise
         return conn
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self) -> Any:
         if self._closed:
             raise StoreError(f"store {self.display_url} is closed")
         if self._state.depth == 0:
             self._admit()
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        session: _Session | None = getattr(self._local, "session", None)
+        conn = session.conn if session is not None else None
         # A connection that broke (server restart, network, a deadline) is replaced on next use, outside a
         # transaction; so is one the server ended while it was idle, before a statement fails on it.
         if conn is not None and not conn.closed and self._state.depth == 0 and _ended_by_server(conn):
             with suppress(psycopg.Error):
                 conn.close()
-        if conn is None or (conn.closed and self._state.depth == 0):
-            if conn is not None:
-                with self._registry:
-                    self._connections = [c for c in self._connections if c is not conn]
-            conn = self._open()
-            self._local.conn = conn
-            with self._registry:
-                self._connections.append(conn)
+        if session is None:
+            session = self._local.session = _Session(self._replace(None))
+        elif session.conn.closed and self._state.depth == 0:
+            session.conn = self._replace(session.conn)
         if self._in_doubt and self._state.depth == 0 and not getattr(self._local, "settling", False):
             self._local.settling = True
             try:
-                self._settle_in_doubt(conn)
+                self._settle_in_doubt(session)
             finally:
                 self._local.settling = False
+        return session
+
+    def _replace(self, old: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
+        if old is not None:
+            with self._registry:
+                self._connections = [c for c in self._connections if c is not old]
+        conn = self._open()
+        with self._registry:
+            self._connections.append(conn)
         return conn
 
     def close(self) -> None:
@@ -386,6 +414,14 @@ class PostgresStore(SqlStore):
 
     def _exec(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
         if sql != "COMMIT":
+            rerun = (isinstance(conn, _Session) and sql.startswith(("BEGIN", "SELECT"))
+                     and conn.conn.info.transaction_status == pq.TransactionStatus.IDLE)
+            try:
+                return self._run(conn, sql, params)
+            except StoreError as exc:
+                if not (rerun and isinstance(exc.__cause__, _SESSION_ENDED)):
+                    raise
+            conn.conn = self._replace(conn.conn)
             return self._run(conn, sql, params)
         xid = self._guard_commit(conn)
         try:

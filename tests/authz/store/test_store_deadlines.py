@@ -192,3 +192,37 @@ def test_store_commit_whose_answer_is_lost_says_so_in_its_events(store: Postgres
         (text,) = direct.execute(f'SELECT event FROM "{schema}".logs WHERE event LIKE %s',  # type: ignore[misc]
                                  ('%"acked-late"%',)).fetchone()
     assert json.loads(text)["debugContext"]["debugData"]["storeCommit"] == LATE_COMMIT
+
+
+def test_store_session_ended_under_a_statement_is_reopened_and_the_statement_rerun(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart can beat the idle check: the server's goodbye ("terminating connection due to administrator
+    command") is then the answer to the next statement. A read, or the BEGIN of a write, ran nothing on the
+    server: it runs again on a new connection, and the write's transaction carries on there."""
+    import psycopg
+
+    from authz.store import postgres
+    from authz.store.postgres import split_schema
+
+    conninfo, _ = split_schema(postgres_url)
+    store = PostgresStore(postgres_url, timeout=TIMEOUT)
+    try:
+        monkeypatch.setattr(postgres, "_ended_by_server", lambda conn: False)  # the race lost, every time
+
+        def terminate() -> None:
+            pid = store._connection().info.backend_pid
+            with psycopg.connect(conninfo, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                deadline = time.monotonic() + 5
+                while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+
+        terminate()
+        store.ping()  # a read
+        terminate()
+        store.put_object("group", "after-restart", {}, "api")  # BEGIN, then the transaction on the new connection
+        assert store.get_object("group", "after-restart") is not None
+        assert not store.down
+    finally:
+        store.close()
