@@ -32,7 +32,8 @@ connection attempt has one, ``timeout`` (the config's ``storeTimeout``, 1 s by d
 After a deadline or a failed connection attempt (a lost connection alone is reopened on next use) the store is *down*: calls
 fail at once with StoreError, except one trial every ``RETRY_INTERVAL_SECONDS`` (the revocation feed
 polls often enough to be that trial), so that an outage costs callers no waiting and the first call
-that succeeds ends it. Nothing is retried.
+that succeeds ends it. Nothing is retried, except a read or a BEGIN outside a transaction that the server
+answered by ending the session (a restart: it ran nothing of it), once, on a new connection (``_Session``).
 
 A write is never applied after its caller was told it failed: a COMMIT held up in the network past the
 client's deadline finds its session already ended by the server (``_guard_commit``), so the transaction is
