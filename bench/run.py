@@ -838,7 +838,7 @@ def render(args: argparse.Namespace, info: dict[str, Any], scenarios: Sequence[S
         "RSS as the soak went (requests served → MB): "
         + ", ".join(f"{served:,} → {size / 1e6:.1f}" for size, served in rss["soak"]) + ".",
         "",
-        "| target (issue 11) | limit | this run: median (min–max of rounds) | | same ratio by CPU µs/req |",
+        "| target (issue 11) | limit | this run: median (min–max of rounds) | | beside it: the ratio by CPU µs/req, or the machine's own |",
         "|---|---|---|---|---|",
     ]
     for t in targets(scenarios, rss):
