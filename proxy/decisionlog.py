@@ -223,30 +223,58 @@ class LineWriter:
 
 
 class LineStream:
-    """A ``TextIO``-like stdout for a worker of ``scopegate run --workers N``: each ``write`` is one ``os.write``
-    of what it was given (looping only on a partial write), never split or merged by a buffer.
+    """A ``TextIO``-like stdout or stderr for the processes of ``scopegate run --workers N``: whole lines, each
+    ``write`` of them one ``os.write`` (looping only on a partial write), never split or merged by a buffer.
 
-    The workers share the supervisor's stdout. A buffered ``sys.stdout`` flushes where its buffer fills, which
-    can be mid-line, and two threads writing it (the decision log's and the system log's) can make one flush
-    larger than ``PIPE_BUF``; on a pipe, a write larger than ``PIPE_BUF`` may interleave with another
-    process's. Here every write is whole lines, and the decision log's are at most ``PIPE_BUF`` bytes, so no
-    worker's line is ever cut by another's: on a pipe, POSIX keeps such writes whole; on a file, every worker
-    writes through the one open file description it inherited, whose offset Linux moves atomically per write.
+    The workers and their supervisor share one stdout and stderr. A buffered ``sys.stdout`` flushes where its
+    buffer fills, which can be mid-line, and two threads writing it (the decision log's and the system log's) can
+    make one flush larger than ``PIPE_BUF``; ``print(..., file=sys.stderr)`` writes the text and its newline in
+    two writes, between which another worker's line lands (seen: "worker 0 reloaded{...decision line...}").
+    Here a line is held until its newline has come, and what is complete is written at once; the decision log's
+    writes are at most ``PIPE_BUF`` bytes of whole lines. So no process's line is cut by another's: on a pipe,
+    POSIX keeps such writes whole; on a file, every process writes through the one open file description it
+    inherited, whose offset Linux moves atomically per write.
     """
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._lock = threading.Lock()
+        self._partial = ""
 
     def write(self, text: str) -> int:
-        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        size = len(text)
         with self._lock:
-            while data:
-                data = data[os.write(self.fd, data):]
-        return len(text)
+            if self._partial or not text.endswith("\n"):
+                text = self._partial + text
+                end = text.rfind("\n") + 1
+                self._partial = text[end:]
+                text = text[:end]
+            if text:
+                self._write(text)
+        return size
+
+    def _write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        while data:
+            data = data[os.write(self.fd, data):]
 
     def flush(self) -> None:
-        pass
+        """Complete lines are already written; a line without its newline yet waits for it."""
+
+    def close(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._write(self._partial)
+                self._partial = ""
 
     def fileno(self) -> int:
         return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def writable(self) -> bool:
+        return True

@@ -15,6 +15,7 @@ for the others to merge (``proxy/metrics.py``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import logging
@@ -148,7 +149,7 @@ class Scopegate:
         self.config_path = config_path
         self.worker = worker
         # A worker's stdout is shared with the other workers: whole lines, one write each (decisionlog.LineStream).
-        self.out = cast(TextIO, LineStream(out.fileno())) if worker is not None else out
+        self.out = out if worker is None or isinstance(out, LineStream) else cast(TextIO, LineStream(out.fileno()))
         self.worker_metrics: WorkerMetrics | None = None
         self.now = now
         self.stop_event = asyncio.Event()
@@ -206,8 +207,9 @@ class Scopegate:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._reload_keys()))
 
         revocation = RevocationState(identify_issuers(cfg), now=self.now, max_staleness=cfg.revocation.max_staleness)
+        # sys.stderr now, not at import: with workers it is the whole-line stream (_share_stdio).
         self.poller = FeedPoller(store, revocation, interval=cfg.revocation.poll_interval,
-                                 on_config_change=on_config_change)
+                                 on_config_change=on_config_change, log_stream=sys.stderr)
         await asyncio.to_thread(self.poller.poll_once)
         await keys.start()
 
@@ -230,7 +232,7 @@ class Scopegate:
         self.revocation = revocation
         # Issue 12: the last known store health, from a check on a thread of its own; never a ping on the loop.
         self.store_health = BackgroundCheck("store", store.ping, interval=STORE_CHECK_INTERVAL,
-                                            deadline=cfg.store_timeout + 0.5)
+                                            deadline=cfg.store_timeout + 0.5, log=sys.stderr)
         await self.store_health.run_once()
         checks = [
             self.store_health.check(),
@@ -459,7 +461,9 @@ def run(config_path: str | None, workers: int | str | None = None) -> int:
         print(f"scopegate: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_STARTUP
     _raise_file_limit()
-    if worker is None:
+    if worker is not None:
+        _share_stdio()
+    else:
         count = resolve_workers(cfg.workers if workers is None else workers)
         if count > 1:
             if cfg.store.startswith("sqlite://") and cfg.store.endswith(":memory:"):
@@ -468,7 +472,8 @@ def run(config_path: str | None, workers: int | str | None = None) -> int:
                 return EXIT_STARTUP
             from proxy.supervisor import Supervisor
 
-            return Supervisor(cfg, config_path, text, source, count).run()
+            _share_stdio()
+            return Supervisor(cfg, config_path, text, source, count, out=sys.stdout).run()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
@@ -476,13 +481,26 @@ def run(config_path: str | None, workers: int | str | None = None) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(_main(cfg, config_path, worker))
+        runner(_main(cfg, config_path, worker, sys.stdout))
     except StartupError as exc:
         print(f"scopegate: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _share_stdio() -> None:
+    """With workers, every process writes whole lines, each in one write, to the stdout and stderr they share."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        current = getattr(sys, name)
+        if current is None or isinstance(current, LineStream):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            current.flush()
+        stream = LineStream(fd)
+        setattr(sys, name, stream)
+        atexit.register(stream.close)  # a last line without its newline still leaves
 
 
 def _raise_file_limit() -> None:
@@ -495,7 +513,8 @@ def _raise_file_limit() -> None:
         pass
 
 
-async def _main(cfg: ScopegateConfig, config_path: str | None, worker: WorkerSpec | None = None) -> None:
-    gate = Scopegate(cfg, config_path, worker=worker)
+async def _main(cfg: ScopegateConfig, config_path: str | None, worker: WorkerSpec | None = None,
+                out: TextIO = sys.stdout) -> None:
+    gate = Scopegate(cfg, config_path, out, worker=worker)
     await gate.start()
     await gate.run()

@@ -231,6 +231,7 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.restarts = 0
         self.stopping = False
+        self._reload_when_started = False
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -261,6 +262,8 @@ class Supervisor:
             if not self.stopping:
                 addresses = ", ".join(f"{name} {self._url(name, sock)}" for name, sock in self.anchors.items())
                 print(f"scopegate: serving {addresses} ({self.count} workers)", file=sys.stderr, flush=True)
+                if self._reload_when_started:
+                    self._reload()
                 self._loop()
             return self._stop_all()
         finally:
@@ -409,7 +412,9 @@ class Supervisor:
             sig = self._signals.pop(0)
             if sig in (signal.SIGTERM, signal.SIGINT):
                 self.stopping = True
-            elif sig == signal.SIGHUP and not starting and not self.stopping:
+            elif sig == signal.SIGHUP and starting:
+                self._reload_when_started = True  # the file may have changed since it was read: read it again
+            elif sig == signal.SIGHUP and not self.stopping:
                 self._reload()
         return self.stopping
 

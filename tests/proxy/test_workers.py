@@ -18,7 +18,7 @@ from config.loader import parse_config
 from proxy import reasons
 from proxy.cli import main
 from proxy.decision import Decision
-from proxy.decisionlog import PIPE_BUF, LineWriter
+from proxy.decisionlog import PIPE_BUF, LineStream, LineWriter
 from proxy.metrics import LoopValue, ProxyMetrics, WorkerMetrics
 from proxy.supervisor import WorkerSpec, resolve_workers, usable_cpus
 
@@ -100,6 +100,26 @@ class TestLines:
         writer.write('{"time":"t","path":"/a"}\n')
         writer.close()
         assert json.loads("".join(out)) == {"worker": 3, "pid": 42, "time": "t", "path": "/a"}
+
+    def test_a_line_printed_in_two_writes_leaves_in_one(self) -> None:
+        """print() writes the text and its newline apart; another worker's line used to land between them
+        ("worker 0 reloaded{...decision line...}"): the line is held until its newline has come."""
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        stream = LineStream(write)
+        try:
+            print("scopegate: worker 0 reloaded", file=stream, flush=True)
+            assert os.read(read, 4096) == b"scopegate: worker 0 reloaded\n"
+            stream.write("part")
+            with pytest.raises(BlockingIOError):
+                os.read(read, 4096)
+            stream.write(" one\npart two")
+            assert os.read(read, 4096) == b"part one\n"
+            stream.close()
+            assert os.read(read, 4096) == b"part two"
+        finally:
+            os.close(read)
+            os.close(write)
 
     def test_lines_of_two_processes_on_one_pipe_never_interleave(self, tmp_path: Path) -> None:
         """Two processes writing decision-log batches and long system-log-sized lines through ``LineStream`` to one
