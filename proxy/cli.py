@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +37,9 @@ def _workers(value: str) -> int | str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # A SIGHUP before the handlers are installed (the imports below take a moment) must not kill the process:
+    # ignored until then; the file is read after this anyway. Workers inherit it until their loop's handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from proxy.server import run
 
     return run(args.config, args.workers)
