@@ -242,3 +242,19 @@ def test_sigterm_under_load_drains_refuses_new_connections_and_exits_within_the_
     assert all(s == 200 or isinstance(s, str) for s in statuses), statuses  # only connection-level endings
     answered_late = [r for r in load.results if r[3] == 200 and r[1] > signalled + 1.0]
     assert not answered_late, answered_late[:5]  # nothing new was served once the ports were closed
+
+
+def test_a_sighup_during_start_up_does_not_kill_the_process(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    """A SIGHUP while the process is still starting (imports, store, keys: a second or more) is ignored rather
+    than fatal (the default action of SIGHUP ends a process); the file is read after it anyway."""
+    gate = launch(tmp_path, versioned(upstream.url, "old", 1), wait=False)
+    try:
+        time.sleep(0.5)  # past the interpreter's own start, before serving (imports alone take longer)
+        if "serving" in gate.output():
+            pytest.skip("the process started within 0.5 s: no start-up left to signal")
+        gate.signal(signal.SIGHUP)
+        wait_for(lambda: gate.process.poll() is not None or "serving" in gate.output(), START)
+        assert gate.process.poll() is None, (gate.process.returncode, gate.output()[-2000:])
+        assert httpx.get(f"{gate.proxy}/api/public/x", timeout=10).status_code == 200
+    finally:
+        gate.stop()
