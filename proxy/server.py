@@ -178,7 +178,12 @@ class Scopegate:
         else:
             socks = {name: bind(name, address) for name, address in listens}
         try:
-            await self._build(socks)
+            try:
+                await self._build(socks)
+            except ScopegateError as exc:
+                # A store that opened but fails its first reads (a corrupted page, an I/O error) stops start-up
+                # with one line, as one that cannot be opened does (issue 12 item 3).
+                raise StartupError(str(exc) or exc.description) from None
         except BaseException:
             for sock in socks.values():
                 sock.close()

@@ -7,14 +7,18 @@ sqlite.org/pragma.html#pragma_synchronous; NORMAL would only protect against app
 
 Concurrency: a connection per thread; write transactions start with ``BEGIN IMMEDIATE`` so that two
 processes on the same file serialize at the start of a write instead of failing with SQLITE_BUSY when
-a read lock is upgraded halfway through; ``busy_timeout`` makes the second writer wait its turn.
+a read lock is upgraded halfway through; ``busy_timeout`` makes the second writer wait its turn (10 s, or
+the URL's ``?busy_timeout=<ms>``). A write still locked out after it, or refused by the disk (full, read
+only, I/O error), is a ``StoreError``: the core answers 503 and the transaction leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
@@ -28,6 +32,27 @@ _MEMORY = ":memory:"
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+REPORT_INTERVAL = 10.0
+"""Seconds between two stderr lines for the same store error (``SqliteStore._report``)."""
+
+
+class _Rows:
+    """A statement's rows, read in full inside ``_exec`` (see there), with the cursor's ``rowcount``."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
+
+    def fetchall(self) -> list[Any]:
+        rest, self._next = self._rows[self._next:], len(self._rows)
+        return rest
 
 
 def _make_private(path: str, url: str) -> None:
@@ -53,6 +78,17 @@ def _make_private(path: str, url: str) -> None:
         os.close(fd)
 
 
+def busy_timeout_ms(url: str) -> int:
+    """``?busy_timeout=<ms>`` in the URL (SQLite's own pragma name), else ``BUSY_TIMEOUT_MS``."""
+    query = url.split("?", 1)[1] if "?" in url else ""
+    for name, _, value in (part.partition("=") for part in query.split("&") if part):
+        if name == "busy_timeout":
+            if not value.isdigit():
+                raise StoreError(f"store {url!r}: busy_timeout must be a whole number of milliseconds")
+            return int(value)
+    return BUSY_TIMEOUT_MS
+
+
 def database_path(url: str) -> str:
     """``sqlite:///relative.db`` → ``relative.db``; ``sqlite:////abs.db`` → ``/abs.db``; ``:memory:``."""
     path = url[len(_PREFIX):].split("?", 1)[0] if url.startswith(_PREFIX) else ""
@@ -68,11 +104,15 @@ class SqliteStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.path = database_path(url)
+        self.busy_timeout_ms = busy_timeout_ms(url)
         self._memory = self.path == _MEMORY
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._registry = threading.Lock()
         self._closed = False
+        self._reported = ""
+        self._reported_at = -REPORT_INTERVAL
+        self._opened = self._serving = False
         # An in-memory database lives in its connection: every thread shares that one, under a lock.
         self._shared_lock = threading.RLock() if self._memory else None
         self._shared: sqlite3.Connection | None = None
@@ -91,6 +131,7 @@ class SqliteStore(SqlStore):
         except BaseException:
             self.close()
             raise
+        self._opened = True
 
     # --- connections ---------------------------------------------------------------------------------
 
@@ -98,11 +139,11 @@ class SqliteStore(SqlStore):
         try:
             # isolation_level=None: the module issues no implicit BEGIN; transactions are ours.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
+                                   timeout=self.busy_timeout_ms / 1000)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.url}: {exc}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             if not self._memory:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
@@ -146,11 +187,32 @@ class SqliteStore(SqlStore):
     def _exec(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> Cursor:
         try:
             cursor: sqlite3.Cursor = conn.execute(sql, params)
+            # Every row now: sqlite3 steps lazily, so a page found malformed halfway through a scan would
+            # otherwise raise from fetchall(), outside this translation, and answer 500 instead of 503.
+            rows = _Rows(cursor.fetchall(), cursor.rowcount)
+            if sql == "COMMIT" and self._opened:
+                self._serving = True
+            return rows
         except sqlite3.IntegrityError as exc:
             raise StoreConflict(f"store {self.url}: {exc}") from exc
         except sqlite3.Error as exc:
+            self._report(exc)
             raise StoreError(f"store {self.url}: {exc}") from exc
-        return cursor
+
+    def _report(self, exc: sqlite3.Error) -> None:
+        """The operator's line on stderr (a client only ever reads 503): when the cause changes, and at most
+        every ``REPORT_INTERVAL`` seconds while it lasts, so a locked or full store does not flood the log.
+        Silent until a write made after opening committed: before that the process is starting, and start-up
+        stops with its own one line (``proxy.server``)."""
+        if not self._serving:
+            return
+        text = str(exc)
+        now = time.monotonic()
+        with self._registry:
+            if text == self._reported and now - self._reported_at < REPORT_INTERVAL:
+                return
+            self._reported, self._reported_at = text, now
+        print(f"scopegate: store {self.url}: {text} (answering 503 while it lasts)", file=sys.stderr, flush=True)
 
     def _begin(self, conn: Any) -> None:
         self._exec(conn, "BEGIN IMMEDIATE")
