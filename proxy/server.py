@@ -33,6 +33,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from authz.app import build_core_app
@@ -220,6 +221,9 @@ class Scopegate:
 
         registry = CollectorRegistry()
         GCCollector(registry)  # python_gc_*: the collector's runs and what they freed (none expected, issue 11)
+        # process_*: memory, descriptors, CPU; with workers, the gauges are per worker (a "worker" label) and the
+        # CPU counter is the sum (proxy/metrics.py).
+        ProcessCollector(registry=registry)
         metrics = ProxyMetrics(registry)
         registry.register(CoreShedding(syslog))
         registry.register(FeedMetrics(self.poller))

@@ -133,6 +133,12 @@ def test_metrics_report_every_worker_as_one(gate: RunningScopegate) -> None:
     for name, labels, _ in samples:
         if name.startswith(("scopegate_requests", "scopegate_ready", "scopegate_revocation_state_age")):
             assert "worker" not in labels, (name, labels)
+    # Process gauges are per worker; the CPU counter is the tree's sum.
+    pids = children(gate.process.pid)
+    memory = {lab.get("worker") for n, lab, _ in samples if n == "process_resident_memory_bytes"}
+    assert memory == {str(i) for i in range(WORKERS)}, memory
+    assert {n for n, lab, _ in samples if n == "process_cpu_seconds_total" and "worker" not in lab}
+    assert len(pids) == WORKERS
     assert answered_by(gate, path="/api/public/count") == children(gate.process.pid)
 
 
