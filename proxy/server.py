@@ -188,7 +188,25 @@ class Scopegate:
         except BaseException:
             for sock in socks.values():
                 sock.close()
+            await self._abandon()
             raise
+
+    async def _abandon(self) -> None:
+        """A start that failed half-way (an unreadable certificate): close what was opened, quietly."""
+        for background in self.background:
+            background.cancel()
+        with contextlib.suppress(Exception):
+            if self.proxy_app is not None:
+                await self.proxy_app.shutdown()  # its upstream pool ("Unclosed client session" otherwise)
+        with contextlib.suppress(Exception):
+            if self.keys is not None:
+                await self.keys.aclose()
+        if self.poller is not None:
+            self.poller.close()
+        if self.store_health is not None:
+            self.store_health.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
 
     async def _build(self, socks: dict[str, socket.socket]) -> None:
         cfg = self.cfg

@@ -225,3 +225,20 @@ def test_a_port_in_use_is_one_line_and_no_worker_starts(tmp_path: Path, upstream
     out = gate.output()
     assert f"cannot listen on {address} for the proxy listener" in out
     assert "worker" not in out
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    """A start-up error only a worker meets (here an unreadable TLS certificate) is its one line, then the
+    supervisor's, and exit 2: the run does not start half its workers, nor restart them for ever."""
+    missing = tmp_path / "missing.pem"
+    doc = config(upstream.url, workers=WORKERS, listen={"tls": {"certFile": str(missing), "keyFile": str(missing)}})
+    gate = launch(tmp_path, doc, wait=False)
+    try:
+        assert gate.process.wait(START) == 2
+    finally:
+        gate.stop()
+    out = gate.output()
+    assert "cannot start the core listener" in out, out[-2000:]
+    assert "exited with status 2 while starting" in out
+    assert "serving" not in out
+    assert "Unclosed" not in out  # what the worker had opened (its upstream pool) was closed
