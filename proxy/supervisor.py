@@ -191,6 +191,11 @@ def listen_beside(anchor: socket.socket) -> socket.socket:
     return sock
 
 
+def restart_delay(failures: int) -> float:
+    """Seconds before starting a worker again after ``failures`` deaths in a row before this one."""
+    return min(RESTART_DELAY * float(2 ** min(failures, 16)), RESTART_DELAY_MAX)
+
+
 def describe_exit(status: int) -> str:
     if status < 0:
         try:
@@ -445,7 +450,7 @@ class Supervisor:
             self._bury(worker)
             lived = time.monotonic() - worker.started
             failures = 0 if worker.ready and lived >= STABLE_AFTER else self.failures.get(index, 0)
-            delay = min(RESTART_DELAY * 2 ** failures, RESTART_DELAY_MAX)
+            delay = restart_delay(failures)
             self.failures[index] = failures + 1
             self.restart_at[index] = time.monotonic() + delay
             print(f"scopegate: worker {index} (pid {worker.process.pid}) exited with {describe_exit(status)}; "

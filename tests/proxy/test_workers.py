@@ -20,7 +20,7 @@ from proxy.cli import main
 from proxy.decision import Decision
 from proxy.decisionlog import PIPE_BUF, LineStream, LineWriter
 from proxy.metrics import LoopValue, ProxyMetrics, WorkerMetrics
-from proxy.supervisor import WorkerSpec, resolve_workers, usable_cpus
+from proxy.supervisor import WorkerSpec, resolve_workers, restart_delay, usable_cpus
 
 
 def worker(directory: Path, index: int, pid: int, requests: int, in_flight: int, age: float) -> WorkerMetrics:
@@ -205,3 +205,9 @@ class TestWorkerSpec:
         os.environ["SCOPEGATE_WORKER"] = spec.to_env()
         assert WorkerSpec.from_environ() == spec
         assert "SCOPEGATE_WORKER" not in os.environ  # not passed on to anything the worker starts
+
+
+class TestRestarts:
+    def test_the_delay_doubles_per_death_in_a_row_up_to_the_cap(self) -> None:
+        assert [restart_delay(n) for n in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        assert restart_delay(10_000) == 30.0
