@@ -7,11 +7,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from config import ConfigError, load_config
-from proxy.inject.patch import InjectorSettings
+# The rest is imported when a command needs it: ``scopegate run`` ignores SIGHUP as its first act (main), and
+# importing the config models (pydantic) first would leave a SIGHUP a second in which it still kills the process.
 
 
 def _check(args: argparse.Namespace) -> int:
+    from config import ConfigError, load_config
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -37,9 +39,6 @@ def _workers(value: str) -> int | str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # A SIGHUP before the handlers are installed (the imports below take a moment) must not kill the process:
-    # ignored until then; the file is read after this anyway. Workers inherit it until their loop's handler.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from proxy.server import run
 
     return run(args.config, args.workers)
@@ -47,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _inject(args: argparse.Namespace) -> int:
     # Only the injector's own subpackage: the webhook process loads nothing of the gate (DESIGN §8).
+    from proxy.inject.patch import InjectorSettings
     from proxy.inject.server import run
 
     settings = InjectorSettings(image=args.image, config_map=args.config_map, secret=args.secret,
@@ -57,6 +57,10 @@ def _inject(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        # A SIGHUP before the handlers are installed (start-up takes a second or more) must not kill the process:
+        # ignored until then; the file is read after this anyway. Workers inherit it until their loop's handler.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if argv and argv[0] == "explain":
         # explain has its own parser next to the policy engine it drives.
         from authz.explain import run_explain
@@ -74,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--config", help="YAML config file (default: the built-in demo config)")
     check.set_defaults(func=_check)
     inject = commands.add_parser("inject", help="serve the sidecar injector (a mutating admission webhook)")
+    from proxy.inject.patch import InjectorSettings
+
     defaults = InjectorSettings()
     inject.add_argument("--cert", required=True, help="PEM certificate file (reloaded when it changes)")
     inject.add_argument("--key", required=True, help="PEM private key file (reloaded when it changes)")

@@ -249,9 +249,9 @@ def test_a_sighup_during_start_up_does_not_kill_the_process(tmp_path: Path, upst
     than fatal (the default action of SIGHUP ends a process); the file is read after it anyway."""
     gate = launch(tmp_path, versioned(upstream.url, "old", 1), wait=False)
     try:
-        time.sleep(0.5)  # past the interpreter's own start, before serving (imports alone take longer)
+        time.sleep(0.8)  # past the interpreter's own start (0.05-0.1 s idle), before serving (imports alone take longer)
         if "serving" in gate.output():
-            pytest.skip("the process started within 0.5 s: no start-up left to signal")
+            pytest.skip("the process started within 0.8 s: no start-up left to signal")
         gate.signal(signal.SIGHUP)
         wait_for(lambda: gate.process.poll() is not None or "serving" in gate.output(), START)
         assert gate.process.poll() is None, (gate.process.returncode, gate.output()[-2000:])
