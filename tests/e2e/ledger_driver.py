@@ -420,7 +420,7 @@ class LedgerDriver:
             self.answers[f"proxy {response.status_code}"] += 1
         if response.status_code not in (200, 401):
             self._error(f"B's proxy: {response.status_code} {response.text[:300]}")
-        self._stop.wait(0.005)  # steady traffic, not a flood that starves A of the machine's two cores
+        self._stop.wait(0.01)  # steady traffic, not a flood that starves A of the machine's two cores
 
     def _change(self, client: httpx.Client, rng: random.Random) -> None:
         roll = rng.random()
