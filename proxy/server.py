@@ -400,7 +400,11 @@ class Scopegate:
             return
         report = None
         if self.worker is None:
-            report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
+            try:
+                report = await asyncio.to_thread(reconcile, self.store, cfg, self.now(), SystemLog(self.out))
+            except ScopegateError as exc:  # the store is down or locked: keep serving what runs now
+                print(f"scopegate: reload refused, the store is unavailable: {exc}", file=sys.stderr, flush=True)
+                return
         # A new key resolver, since servers may have come or gone; the old one closes once swapped out.
         keys = build_key_resolver(cfg, self.store)
         try:
