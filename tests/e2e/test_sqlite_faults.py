@@ -267,3 +267,31 @@ def test_full_disk_refuses_writes_cleanly_and_serves_reads(scopegate: Callable[.
         conn.close()
     # Nothing acknowledged lost, nothing half-done: two tokens answered 200, each with its record and event.
     assert seen <= jtis and len(jtis) == 2 and jtis == grants
+
+
+def test_page_found_malformed_mid_scan_is_a_store_error(tmp_path: Path) -> None:
+    """A corrupted page met after a query's first row is a StoreError (503), not a raw sqlite3 error (500): the
+    rows are read inside the store's error translation."""
+    from authz.store.base import LogQuery
+    from authz.store.errors import StoreError
+    from authz.store.sqlite import SqliteStore
+
+    path = tmp_path / "scan.db"
+    store = SqliteStore(f"sqlite:///{path}")
+    with store.transaction() as tx:
+        for i in range(300):
+            tx.append_log({"eventType": "x", "n": i, "pad": "y" * 300}, float(i))
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size, pages = conn.execute("PRAGMA page_size").fetchone()[0], conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    with path.open("r+b") as f:  # a leaf near the end of the log: the scan meets it after its first rows
+        f.seek((pages - 3) * size)
+        f.write(b"\xee" * size)
+    store = SqliteStore(f"sqlite:///{path}")
+    try:
+        with pytest.raises(StoreError, match="malformed"):
+            store.query_logs(LogQuery(limit=1000))
+    finally:
+        store.close()
