@@ -242,3 +242,47 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(tmp_path: Path
     assert "exited with status 2 while starting" in out
     assert "serving" not in out
     assert "Unclosed" not in out  # what the worker had opened (its upstream pool) was closed
+
+
+POSTGRES = os.environ.get("SCOPEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    import uuid
+
+    import psycopg
+
+    name = f"e2e_workers_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {POSTGRES}: {exc}")
+    try:
+        yield name
+    finally:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_every_worker_listens_to_the_feed(tmp_path: Path, upstream: RecordingUpstream,
+                                                        pg_schema: str) -> None:
+    """On PostgreSQL each worker has its own LISTEN: a revocation through one worker is refused by every worker
+    within a second, although the poll interval (the fallback) is 10 s."""
+    doc = config(upstream.url, workers=WORKERS, store=f"{POSTGRES}?schema={pg_schema}",
+                 revocation={"maxStaleness": "30s", "pollInterval": "10s"})
+    gate = launch(tmp_path, doc, wait=False)
+    try:
+        wait_for(lambda: _ready(gate), START)
+        pids = children(gate.process.pid)
+        access = token(gate)
+        assert spread(f"{gate.proxy}/api/orders/pg", bearer(access)) == [200] * SPREAD
+        wait_for(lambda: answered_by(gate, path="/api/orders/pg", status=200) == pids)
+        revoked = httpx.post(f"{gate.core}/oauth2/orders/v1/revoke", auth=("service", SECRET), data={"token": access})
+        assert revoked.status_code == 200
+        time.sleep(1.0)
+        assert spread(f"{gate.proxy}/api/orders/pg", bearer(access)) == [401] * SPREAD
+        wait_for(lambda: answered_by(gate, path="/api/orders/pg", reason="revoked") == pids)
+    finally:
+        assert gate.stop() == 0, gate.output()[-3000:]
