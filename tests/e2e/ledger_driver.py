@@ -212,7 +212,8 @@ class LedgerDriver:
     def _rule_body(lifetime: int) -> dict[str, Any]:
         return {"type": "RESOURCE_ACCESS", "name": "Services", "priority": 1,
                 "conditions": {"people": {"groups": {"include": ["EVERYONE"]}},
-                               "grantTypes": {"include": ["client_credentials"]}, "scopes": {"include": ["*"]}},
+                               "grantTypes": {"include": ["client_credentials", "password"]},
+                               "scopes": {"include": ["*"]}},
                 "actions": {"token": {"accessTokenLifetimeMinutes": lifetime, "refreshTokenLifetimeMinutes": 0,
                                       "refreshTokenWindowMinutes": 10080}}}
 
