@@ -322,7 +322,10 @@ class Supervisor:
             if first:
                 configure_hashing(cfg.core.hashing_threads, cfg.core.hashing_queue)
             syslog = SystemLog.from_settings(cfg.core, self.out) if first else SystemLog(self.out)
-            return reconcile(store, cfg, time.time(), syslog)
+            try:
+                return reconcile(store, cfg, time.time(), syslog)
+            except ScopegateError as exc:  # locked or unreadable: one line, as a store that cannot be opened
+                raise StartupError(str(exc) or exc.description) from None
         finally:
             store.close()
 

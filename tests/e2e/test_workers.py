@@ -286,3 +286,22 @@ def test_on_postgresql_every_worker_listens_to_the_feed(tmp_path: Path, upstream
         wait_for(lambda: answered_by(gate, path="/api/orders/pg", reason="revoked") == pids)
     finally:
         assert gate.stop() == 0, gate.output()[-3000:]
+
+
+def test_a_store_start_up_cannot_read_is_one_line_before_any_worker(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    """The supervisor's once-only start-up (migrations, reconcile) meets a corrupted page: one line naming the
+    file, exit 2, no traceback and no worker started."""
+    from tests.e2e.test_sqlite_faults import _corrupt_objects_page
+
+    path = tmp_path / "damaged.db"
+    _corrupt_objects_page(path)
+    for side in ("-wal", "-shm"):
+        Path(f"{path}{side}").unlink(missing_ok=True)
+    gate = launch(tmp_path, config(upstream.url, workers=WORKERS), keep_store=path, wait=False)
+    try:
+        assert gate.process.wait(START) == 2
+    finally:
+        gate.stop()
+    lines = [line for line in gate.output().splitlines() if line.strip()]
+    assert "Traceback" not in gate.output(), gate.output()[-3000:]
+    assert len(lines) == 1 and str(path) in lines[0], lines
