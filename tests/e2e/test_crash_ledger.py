@@ -48,6 +48,7 @@ from tests.e2e.ledger_driver import (
     Ledger,
     LedgerDriver,
     Minted,
+    client,
     config,
 )
 from tests.e2e.test_shared_store import POSTGRES
@@ -340,8 +341,20 @@ def bytecode_cache(tmp_path: Path) -> dict[str, str]:
 
 def restart(scopegate: Callable[..., RunningScopegate], old: RunningScopegate, name: str,
             env: dict[str, str]) -> RunningScopegate:
-    """A again, on the same addresses and store (the config it was started with, as written out)."""
-    return scopegate(dict(old.config), name=name, env=env)
+    """A again, on the same addresses and store (the config it was started with, as written out), waited for
+    with one client (conftest's wait makes a client, and a TLS context, per poll)."""
+    gate = scopegate(dict(old.config), name=name, env=env, wait=False)
+    deadline = time.monotonic() + 60
+    with client(timeout=1) as http:
+        while True:
+            assert gate.process.poll() is None, gate.output()[-3000:]
+            try:
+                if http.get(f"{gate.ops}/readyz").status_code == 200:
+                    return gate
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, gate.output()[-3000:]
+            time.sleep(0.05)
 
 
 def run_crash_ledger(scopegate: Callable[..., RunningScopegate], store_url: str, seed: int,
@@ -373,12 +386,12 @@ def run_crash_ledger(scopegate: Callable[..., RunningScopegate], store_url: str,
             restarts += checking - restarting
             driver.resync()
             check_store(store, driver, baseline)
-            with httpx.Client(timeout=10) as http:
+            with client(timeout=10) as http:
                 checked += check_in_force(http, replicas, driver, since, SAMPLE, rng)
             checks += time.monotonic() - checking
             since = driver.ledger.tick()
         checking = time.monotonic()
-        with httpx.Client(timeout=10) as http:
+        with client(timeout=10) as http:
             checked += check_in_force(http, replicas, driver, 0, FINAL_SAMPLE, rng)
         check_store(store, driver, baseline)
         final = time.monotonic() - checking
@@ -424,7 +437,7 @@ def test_tokens_of_a_server_made_through_the_api_are_revoked(scopegate: Callable
         assert response.status_code == 200, response.text
         return str(response.json()["access_token"])
 
-    http = httpx.Client(timeout=10)
+    http = client(timeout=10)
     revoked, of_deactivated, before_rule = mint(SERVICES[0]), mint(SERVICES[1]), mint(SERVICES[2])
     assert all(introspect(http, gate, server, t)["active"] for t in (revoked, of_deactivated, before_rule))
     login = next(iter(driver.model.users))
