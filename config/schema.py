@@ -855,7 +855,8 @@ class ScopegateConfig(Model):
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     """Issue 11 item 2: processes serving the same three ports (SO_REUSEPORT), under one supervisor that restarts
     a worker that dies and passes SIGTERM and SIGHUP on. ``auto``: one per CPU this process may run on
-    (``os.sched_getaffinity``). ``scopegate run --workers N`` overrides it; a reload does not change it."""
+    (``os.sched_getaffinity``), capped by the cgroup's CPU quota rounded up. ``scopegate run --workers N`` overrides
+    it; a reload does not change it."""
     shutdown_grace_period: Duration = Field(default=25.0, gt=0, le=3600)
     """Issue 12 item 6: at SIGTERM, how long in-flight requests may take to finish before they are cut and the
     process exits. Below Kubernetes' ``terminationGracePeriodSeconds`` (30 s by default), so that SIGKILL never

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import select
 import shutil
@@ -121,12 +122,42 @@ class WorkerSpec:
             os.close(self.ready_fd)
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask: what a container's cpuset allows), not the host's."""
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs a CFS quota grants this process's cgroup (``resources.limits.cpu`` in Kubernetes), or None.
+
+    A container limited to 1 CPU on a 16-core node still sees 16 CPUs in its affinity mask: the limit is a
+    quota of CPU time, not a cpuset. ``auto`` must follow the quota, or 16 workers share one CPU's time and
+    are throttled every period. cgroup v2 (``cpu.max``: "max 100000" or "<quota> <period>") and v1
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, -1 for none), at the cgroup root a container sees."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        text = (cgroup_root / "cpu.max").read_text().split()
+        quota, period = text[0], text[1]
+        if quota != "max" and int(period) > 0:
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    for v1 in (cgroup_root / "cpu", cgroup_root / "cpu,cpuacct", cgroup_root):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity mask (what a container's cpuset allows), not the host's,
+    and no more than its CPU quota rounded up (a 1.5-CPU limit runs 2 workers, a 0.5-CPU limit 1)."""
+    try:
+        cpus = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = max(1, os.cpu_count() or 1)
+    quota = cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
 
 
 def resolve_workers(value: int | str) -> int:

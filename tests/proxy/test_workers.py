@@ -20,7 +20,7 @@ from proxy.cli import main
 from proxy.decision import Decision
 from proxy.decisionlog import PIPE_BUF, LineStream, LineWriter
 from proxy.metrics import LoopValue, ProxyMetrics, WorkerMetrics
-from proxy.supervisor import WorkerSpec, resolve_workers, restart_delay, usable_cpus
+from proxy.supervisor import WorkerSpec, cpu_quota, resolve_workers, restart_delay, usable_cpus
 
 
 def worker(directory: Path, index: int, pid: int, requests: int, in_flight: int, age: float) -> WorkerMetrics:
@@ -152,9 +152,33 @@ class TestLines:
 
 
 class TestChoosingN:
-    def test_auto_is_the_affinity_mask(self) -> None:
-        assert resolve_workers("auto") == usable_cpus() == len(os.sched_getaffinity(0))
+    def test_auto_is_the_affinity_mask_without_a_cpu_quota(self, tmp_path: Path) -> None:
+        assert usable_cpus(tmp_path) == len(os.sched_getaffinity(0))  # no cgroup files: no quota
+        assert resolve_workers("auto") == usable_cpus()
         assert resolve_workers(3) == 3
+
+    @pytest.mark.parametrize(("files", "quota"), [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "50000 100000\n"}, 0.5),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu.max": "garbage\n"}, None),
+    ])
+    def test_a_cpu_quota_is_read_from_cgroup_v2_or_v1(self, tmp_path: Path, files: dict[str, str],
+                                                      quota: float | None) -> None:
+        for name, text in files.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+        assert cpu_quota(tmp_path) == quota
+
+    def test_auto_follows_a_container_cpu_limit_rounded_up(self, tmp_path: Path) -> None:
+        """A pod limited to 0.5 CPU on a many-core node sees every core in its affinity mask: ``auto`` must not
+        start a worker per core on half a CPU's time."""
+        (tmp_path / "cpu.max").write_text("50000 100000\n")
+        assert usable_cpus(tmp_path) == 1
+        (tmp_path / "cpu.max").write_text(f"{100000 * 64} 100000\n")
+        assert usable_cpus(tmp_path) == len(os.sched_getaffinity(0))  # never more than the mask
 
     def test_cli_refuses_a_bad_count(self, capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
