@@ -310,7 +310,8 @@ class Soak:
 
     async def traffic(self) -> None:
         assert self.rec is not None
-        kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
+        mix = {**WEIGHTS, **self.args.mix}
+        kinds, weights = list(mix), list(mix.values())
         in_flight = asyncio.Semaphore(self.args.concurrency)
         interval = 1.0 / self.args.rate
         tasks: set[asyncio.Task[None]] = set()
@@ -551,7 +552,7 @@ def markdown(backend: str, args: argparse.Namespace, result: dict[str, Any]) -> 
         f"# Soak: {backend}, {args.duration:g} s ({result['date']})", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, kernel {m['kernel']}; load average "
         f"before {result['loadavg_before']}, after {result['loadavg_after']}.",
-        f"Traffic: {args.rate:g} req/s paced, at most {args.concurrency} in flight, {args.tokens:,} distinct valid "
+        f"Traffic: {args.rate:g} req/s paced{', mix ' + str(args.mix) if args.mix else ''}, at most {args.concurrency} in flight, {args.tokens:,} distinct valid "
         f"tokens, at most {args.client_in_flight} client authentications of one client in flight, a management change "
         f"every {args.mgmt_interval:g} s, 2 WebSocket sessions, /healthz probe every "
         f"100 ms. Setup: {result['setup']}.",
@@ -582,6 +583,9 @@ def markdown(backend: str, args: argparse.Namespace, result: dict[str, Any]) -> 
     if "p99_ok" in t:
         lines.append(f"- proxy p99 drift, first vs last bucket: {t['p99_first_ms']} → {t['p99_last_ms']} ms "
                      f"({t['p99_drift']:+.0%}) → {yes[t['p99_ok']]}")
+    if result.get("log_other"):
+        lines += ["", "scopegate's output other than its JSON log lines (first 200):", "", "```",
+                  *result["log_other"], "```"]
     if result["errors"]:
         lines += ["", "Unexpected answers by class and status: "
                   + ", ".join(f"{k} × {v}" for k, v in sorted(result["error_kinds"].items())) + ".",
@@ -617,8 +621,22 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         exit_code = gate.stop()
         result["exit_code"] = exit_code
         with gate.log_path.open(errors="replace") as log:
-            result["log_tracebacks"] = sum("Traceback (most recent call last)" in line for line in log)
+            # Decision-log and system-log lines are JSON; what else the process wrote (stderr: store outages,
+            # warnings, tracebacks) is kept for the report.
+            other = [line.rstrip() for line in log if not line.startswith("{")]
+        result["log_tracebacks"] = sum("Traceback (most recent call last)" in line for line in other)
+        result["log_other"] = other[:200]
         return result
+
+
+def mix_weights(text: str) -> dict[str, int]:
+    weights = {}
+    for item in text.split(","):
+        kind, _, weight = item.partition("=")
+        if kind not in WEIGHTS or not weight.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KIND=WEIGHT with KIND one of {', '.join(WEIGHTS)}")
+        weights[kind] = int(weight)
+    return weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -632,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"client authentications of one client in flight at most (default {CLIENT_IN_FLIGHT})")
     parser.add_argument("--mgmt-interval", type=float, default=3.0, help="seconds between management changes")
     parser.add_argument("--bucket", type=float, default=None, help="bucket seconds (default 60; 5 under 3 minutes)")
+    parser.add_argument("--mix", type=mix_weights, default={},
+                        help="change the traffic weights, e.g. mint=0,revoke=0 (defaults: "
+                        + ",".join(f"{k}={v}" for k, v in WEIGHTS.items()) + ")")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
