@@ -347,9 +347,11 @@ class ProtoClient:
 
 
 async def aiohttp_session(limit: int) -> aiohttp.ClientSession:
-    from proxy.forward import _Connector, _UpstreamRequest
+    """aiohttp as ``proxy/forward.py`` configured it for HTTP before adopting ``proxy/upstream.py`` (and still does
+    for WebSocket upgrades)."""
+    from proxy.forward import _UpstreamRequest
 
-    connector = _Connector(limit=limit, keepalive_timeout=60, ttl_dns_cache=60)
+    connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=60, ttl_dns_cache=60)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                                     request_class=_UpstreamRequest,
                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=30))

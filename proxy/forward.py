@@ -1,32 +1,28 @@
-"""Step 10 of the gate: forward to the upstream over one pooled aiohttp session, streaming both ways.
+"""Step 10 of the gate: forward to the upstream over the pooled client of ``proxy/upstream.py``, streaming both ways.
 
 Header handling follows security.md §3.2's order: (1) drop hop-by-hop headers and every header named in
 ``Connection``; (2) drop client copies of identity and forwarding headers in any case, ``-`` or ``_``
-spelling, duplicated or not; (3) only then add the proxy's own headers, which nothing can remove
-afterwards (Traefik CVE-2021-32813). The framing is rebuilt by aiohttp, never copied (security.md §3.1).
-The URL is the configured upstream plus the normalized path, sent byte for byte (``encoded=True``: aiohttp
-must not re-quote what was authorized). Connect error → 502, timeout → 504, with a short JSON body and no
-internals; aiohttp never retries a non-idempotent request.
+spelling, duplicated or not (the guard does both in its one scan of the headers); (3) only then add the proxy's
+own headers, which nothing can remove afterwards (Traefik CVE-2021-32813). The framing is rebuilt by the client,
+never copied (security.md §3.1). The target is the configured upstream's path plus the normalized path, sent byte
+for byte. Connect error, reset or misframed response → 502, timeout → 504, with a short JSON body and no
+internals; only a safe request without a body is ever retried, once (``proxy/upstream.py``). WebSocket upgrades
+still go through an aiohttp session (``proxy/websocket.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import re
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from contextvars import ContextVar
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.connector import Connection
 from multidict import CIMultiDict, istr
-from yarl import URL
 
 from authz.errors import BearerError, GateError
 from config.headers import HOP_BY_HOP as HEADERS_HOP_BY_HOP
@@ -35,6 +31,7 @@ from proxy import reasons
 from proxy.decision import Decision
 from proxy.guard import RequestHead, protected_names
 from proxy.routes import UNROUTED
+from proxy.upstream import UpstreamClient, UpstreamError
 from proxy.validate import VerifiedToken
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -98,6 +95,11 @@ class RequestBody:
         self._more = True
         self.error: BaseException | None = None
         """What stopped the body (aiohttp wraps errors raised inside a request body into its own)."""
+
+    @property
+    def length(self) -> int | None:
+        """The declared Content-Length, or None for a chunked body."""
+        return self._length
 
     @property
     def deadline(self) -> float:
@@ -312,48 +314,9 @@ def response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
-RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-"""The methods sent a second time when a reused keep-alive connection closes before a byte of the answer (RFC 9112
-§9.3.1: "A user agent MUST NOT automatically retry a request with a non-idempotent method"). Only the safe ones
-(RFC 9110 §9.2.1): PUT and DELETE are idempotent, but the upstream may have acted on the first copy before it
-closed, and a proxy that replays a write on its own is a surprise; the client, which knows, can send it again."""
-
-_reused: ContextVar[_Handler | None] = ContextVar("scopegate_upstream_reused", default=None)
-"""The pooled connection this task's upstream request was sent on, when it was a reused one."""
-_fresh: ContextVar[bool] = ContextVar("scopegate_upstream_fresh", default=False)
-"""Set for a retry: it goes on a new connection, never on another pooled one that may be just as stale."""
-
-
-class _Handler(ResponseHandler):
-    """aiohttp's connection protocol, noting whether the current request's answer has sent a byte yet."""
-
-    answered = False
-
-    def data_received(self, data: bytes) -> None:
-        self.answered = True
-        super().data_received(data)
-
-
-class _Connector(aiohttp.TCPConnector):
-    """aiohttp's pool, telling the forwarder which requests went out on a reused connection (and so may meet the
-    keep-alive race), and handing out a new connection for a retry."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._factory = cast("functools.partial[ResponseHandler]", functools.partial(_Handler, loop=self._loop))
-
-    async def _get(self, key: Any, traces: list[Any]) -> Connection | None:
-        if _fresh.get():
-            return None
-        conn = await super()._get(key, traces)
-        if conn is not None and isinstance(protocol := conn.protocol, _Handler):
-            protocol.answered = False
-            _reused.set(protocol)
-        return conn
-
-
 class Forwarder:
-    """Owns the pooled upstream session (created at start-up, closed at shutdown).
+    """Owns the upstream connection pool (``proxy/upstream.py``) and, for WebSocket upgrades, an aiohttp session;
+    both created at start-up and closed at shutdown.
 
     Time bounds: the response head must arrive within ``upstream.timeout`` of the end of the time the client has
     for its body (``limits.readTimeout``, when there is a body), however slowly it trickles; then the body may take
@@ -363,63 +326,46 @@ class Forwarder:
         self.base = cfg.upstream.url
         self.upstream = cfg.upstream
         self.session: aiohttp.ClientSession | None = None
+        self.client: UpstreamClient | None = None
 
     async def startup(self) -> None:
         if self.session is not None:
             return
-        connector = _Connector(limit=self.upstream.max_connections, keepalive_timeout=self.upstream.keepalive_timeout,
-                               ttl_dns_cache=60)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.upstream.connect_timeout,
-                                        sock_read=self.upstream.timeout)
+        upstream = self.upstream
+        self.client = UpstreamClient(self.base, max_connections=upstream.max_connections,
+                                     keepalive_timeout=upstream.keepalive_timeout,
+                                     connect_timeout=upstream.connect_timeout, read_timeout=upstream.timeout)
+        connector = aiohttp.TCPConnector(limit=upstream.max_connections, keepalive_timeout=upstream.keepalive_timeout,
+                                         ttl_dns_cache=60)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.timeout)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              cookie_jar=aiohttp.DummyCookieJar(), request_class=_UpstreamRequest)
-        # aiohttp's own retry sends any idempotent request again (PUT and DELETE, with a consumed body, on a new
-        # connection, after part of a head): the forwarder retries, more narrowly, itself.
-        self.session._retry_connection = False
 
     async def shutdown(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
         if self.session is not None:
             await self.session.close()
             self.session = None
 
-    async def _open(self, method: str, url: URL, headers: list[tuple[str, str]], body: RequestBody | None,
-                    deadline: float) -> aiohttp.ClientResponse:
-        """Send the request and wait for the response head, until ``deadline`` (loop time); retried once when a
-        reused connection closed before a byte of the answer (RFC 9112 §9.3.1), for a safe method without body."""
-        assert self.session is not None
-        _reused.set(None)
-        async with asyncio.timeout_at(deadline):
-            try:
-                return await self.session.request(method, url, headers=headers,
-                                                  data=body.__aiter__() if body else None, allow_redirects=False)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                protocol = _reused.get()
-                if (body is not None or method not in RETRIED_METHODS or protocol is None or protocol.answered
-                        or isinstance(exc, aiohttp.ClientConnectorError)):
-                    raise
-                drop_frames(exc)
-            fresh = _fresh.set(True)
-            try:
-                return await self.session.request(method, url, headers=headers, allow_redirects=False)
-            finally:
-                _fresh.reset(fresh)
-
     async def forward(self, method: str, target: str, headers: list[tuple[str, str]], body: RequestBody | None,
                       send: Send, decision: Decision) -> None:
         """Send the request, stream the response to ``send``; ``decision`` learns the status once headers go out."""
-        if self.session is None:
+        client = self.client
+        if client is None:
             raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The upstream connection pool is not started.")
-        url = URL(self.base + target, encoded=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.upstream.timeout
         if body is not None:
             deadline += max(0.0, body.deadline - time.monotonic())
         try:
-            response = await self._open(method, url, headers, body, deadline)
-            async with response:
+            response = await client.request(method, target, headers, body, None if body is None else body.length,
+                                            deadline)
+            try:
                 status = response.status
                 await send({"type": "http.response.start", "status": status,
-                            "headers": response_headers(response.raw_headers)})
+                            "headers": response_headers(response.headers)})
                 decision.response_started = True
                 decision.status = status
                 if method == "HEAD":
@@ -427,28 +373,29 @@ class Forwarder:
                     return
                 # Each chunk goes out as it arrives (never the whole body); the one that ends the body is sent
                 # as the final message, which saves an empty message per response.
-                content = response.content
                 while True:
-                    chunk = await content.readany()
+                    chunk = await response.readany()
                     if not chunk:
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         return
-                    if content.at_eof():
+                    if response.at_eof():
                         await send({"type": "http.response.body", "body": chunk, "more_body": False})
                         return
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                response.release()
         except GateError:
+            if body is not None and body.error is not None:
+                body.take_error()  # this very error: kept by the body, it would be a cycle through its traceback
             raise
         except Exception as exc:
             drop_frames(exc)
             if body is not None and body.error is not None:
-                # aiohttp wraps the body's error and names it as the cause; the raise below makes the wrapper
-                # that error's context: a cycle, unless the wrapper (dropped anyway) lets go of it.
                 exc.__cause__ = exc.__context__ = None
                 raise body.take_error() from None
-            if isinstance(exc, TimeoutError):  # aiohttp.ServerTimeoutError is one
+            if isinstance(exc, TimeoutError):
                 status, reason, text = 504, reasons.UPSTREAM_TIMEOUT, "The upstream did not answer in time."
-            elif isinstance(exc, aiohttp.ClientError):
+            elif isinstance(exc, UpstreamError):
                 status, reason, text = 502, reasons.UPSTREAM_UNAVAILABLE, "The upstream is unavailable."
             else:
                 raise
