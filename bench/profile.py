@@ -35,7 +35,7 @@ BUCKETS = [
     ("store (SQLite)", ("sqlite", "authz/store")),
     ("decision log", ("decisionlog.py",)),
     ("metrics", ("prometheus_client", "proxy/metrics.py")),
-    ("aiohttp upstream hop", ("aiohttp/", "proxy/forward.py")),
+    ("upstream hop (proxy/upstream.py, aiohttp)", ("proxy/upstream.py", "aiohttp/", "proxy/forward.py")),
     ("gate (token, revocation, scopes, headers)", ("proxy/validate.py", "proxy/bearer.py", "proxy/cache.py",
                                                     "proxy/revocation.py", "proxy/scopes.py", "proxy/app.py",
                                                     "proxy/guard.py", "proxy/routes.py", "proxy/paths.py")),
