@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from proxy.upstream import UpstreamClient, UpstreamError
+from tests.certs import self_signed
 
 Script = Callable[[bytes, int], bytes | None]
 """(the request's bytes, its index among all requests) → the bytes to answer, or None to close."""
 
 
 class Raw:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tls: ssl.SSLContext | None = None) -> None:
         self.script = script
+        self.tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.port = 0
 
     async def __aenter__(self) -> Raw:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -171,3 +175,22 @@ async def test_a_body_shorter_than_its_length_aborts() -> None:
             await upstream.request("POST", "/", [("Content-Length", "5")], body(), 5,
                                    asyncio.get_running_loop().time() + 2)
         await upstream.close()
+
+
+async def test_https_upstream_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https:// upstream: the certificate is checked against the trusted roots (``SSL_CERT_FILE`` here), and
+    the name in the URL; an untrusted certificate is a 502, never a connection."""
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    async with Raw(lambda request, i: OK, tls=server_tls) as raw:
+        untrusted = UpstreamClient(f"https://localhost:{raw.port}", max_connections=2, keepalive_timeout=60,
+                                   connect_timeout=1, read_timeout=1)
+        with pytest.raises(UpstreamError):
+            await fetch(untrusted)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = UpstreamClient(f"https://localhost:{raw.port}", max_connections=2, keepalive_timeout=60,
+                                 connect_timeout=1, read_timeout=1)
+        assert await fetch(trusted) == (200, b"ok")
+        assert raw.requests[-1].startswith(f"GET / HTTP/1.1\r\nHost: localhost:{raw.port}\r\n".encode())
+        await trusted.close()
