@@ -77,17 +77,20 @@ class RunningScopegate:
 
 def _wait_ready(gate: RunningScopegate, deadline: float) -> None:
     last = ""
-    while time.monotonic() < deadline:
-        if gate.process.poll() is not None:
-            raise RuntimeError(f"scopegate exited with {gate.process.returncode}:\n{gate.output()[-4000:]}")
-        try:
-            r = httpx.get(f"{gate.ops}/readyz", timeout=1)
-            if r.status_code == 200:
-                return
-            last = r.text
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.05)
+    # One client for the whole wait: httpx.get makes a client, and so a TLS context (the CA bundle read and
+    # parsed), on every call, 20 times a second per starting process.
+    with httpx.Client(timeout=1) as client:
+        while time.monotonic() < deadline:
+            if gate.process.poll() is not None:
+                raise RuntimeError(f"scopegate exited with {gate.process.returncode}:\n{gate.output()[-4000:]}")
+            try:
+                r = client.get(f"{gate.ops}/readyz")
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.05)
     raise RuntimeError(f"scopegate not ready: {last}\n{gate.output()[-4000:]}")
 
 
