@@ -62,6 +62,7 @@ class _Conn(asyncio.Protocol):
     def _new_exchange(self) -> None:
         self.received = False
         self.head_bytes = 0
+        self.field_bytes = 0
         self.headers_done = False
         self.until_close = False
         self.status = 0
@@ -85,17 +86,21 @@ class _Conn(asyncio.Protocol):
             self._fail(UpstreamError("unsolicited bytes from the upstream"))
             return
         self.received = True
-        if not self.headers_done:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD + 4:
-                self._fail(UpstreamError("response head too large"))
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError("upgrade on a plain request"))
+            return
         except httptools.HttpParserError:
             self._fail(UpstreamError("malformed response"))
+            return
+        if not self.headers_done:
+            # Counted after the parser has seen the bytes: a read may hold a whole small head and much body. A head
+            # still incomplete past the limit (one field that never ends) stops here; complete fields are counted
+            # as they arrive (``on_header``).
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD + 4:
+                self._fail(UpstreamError("response head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -125,8 +130,10 @@ class _Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_done:
             return  # a trailer field: nothing forwards trailers
-        if len(name) + len(value) > MAX_FIELD:
-            raise UpstreamError("response field too large")
+        size = len(name) + len(value)
+        self.field_bytes += size + 4
+        if size > MAX_FIELD or self.field_bytes > MAX_HEAD:
+            raise UpstreamError("response field or head too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -194,3 +194,15 @@ async def test_https_upstream_is_verified(tmp_path: Path, monkeypatch: pytest.Mo
         assert await fetch(trusted) == (200, b"ok")
         assert raw.requests[-1].startswith(f"GET / HTTP/1.1\r\nHost: localhost:{raw.port}\r\n".encode())
         await trusted.close()
+
+
+async def test_a_large_body_in_the_first_read_is_not_taken_for_a_large_head() -> None:
+    """A small head and 1 MiB of body arrive in reads far larger than the head limit: all of it is the body."""
+    body = bytes(range(256)) * 4096
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    async with Raw(lambda request, i: answer) as raw:
+        upstream = client(raw)
+        for _ in range(2):
+            assert await fetch(upstream) == (200, body)
+        assert raw.connections == 1
+        await upstream.close()
