@@ -260,6 +260,7 @@ class UpstreamClient:
         self._idle: list[_Conn] = []
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closed = False
 
     # ----------------------------------------------------------------------- the pool
 
@@ -318,7 +319,7 @@ class UpstreamClient:
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
         transport = conn.transport
-        if (reusable and conn.keep_alive and conn.error is None and transport is not None
+        if (reusable and not self._closed and conn.keep_alive and conn.error is None and transport is not None
                 and not transport.is_closing() and not conn.chunks):
             conn.idle = True
             conn.idle_since = time.monotonic()
@@ -332,6 +333,8 @@ class UpstreamClient:
         self._wake()
 
     async def close(self) -> None:
+        """Close the idle connections; those in use close when their exchange ends."""
+        self._closed = True
         for conn in self._idle:
             if conn.transport is not None:
                 conn.transport.close()
