@@ -195,6 +195,28 @@ def tree_usage(pid: int) -> tuple[int, int, int]:
     return rss, fds, sockets
 
 
+def tcp_connections(listen_ports: set[int], upstream_port: int) -> tuple[int, int]:
+    """(connections into the listeners on ``listen_ports``, connections to the upstream), counted on the
+    scopegate side from ``/proc/net/tcp{,6}``: every TCP socket that holds a descriptor (not LISTEN, not
+    TIME_WAIT), so that the process's socket descriptors can be told apart from the connections that explain them."""
+    inbound = outbound = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                state = fields[3]
+                if state in ("0A", "06"):  # LISTEN, TIME_WAIT
+                    continue
+                local = int(fields[1].rsplit(":", 1)[1], 16)
+                remote = int(fields[2].rsplit(":", 1)[1], 16)
+                if local in listen_ports:
+                    inbound += 1
+                elif remote == upstream_port:
+                    outbound += 1
+    return inbound, outbound
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of the process tree of ``pid`` so far."""
     total = 0.0
