@@ -2,7 +2,10 @@
 
 No framework on this path (issue 5: "Starlette's routing cost ~1.4x"). Everything that can be built at
 start-up is built in ``configure``: the route table, the resource map, the issuer policies, the header
-plan and the metric children. Per request the pipeline is, in order:
+plan and the metric children, as one ``GateTables`` that a reload replaces whole. A request takes the
+tables once, as it arrives, and is decided and forwarded by them alone (issue 12 item 5: a form POST whose
+body came after a SIGHUP was routed by the old table and forwarded with the new header plan). Per request
+the pipeline is, in order:
 
   guard → normalize path → resource → route → bearer → validate (or cache) → revocation → scopes → forward
 
@@ -17,11 +20,13 @@ opens the upstream connection and relays frames; a denial is the same HTTP answe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import parse_qsl
 
@@ -52,6 +57,24 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("scopegate.proxy")
 
+
+@dataclass(frozen=True, slots=True)
+class GateTables:
+    """Everything one configuration decides for the gate, and the upstream pool it forwards to."""
+
+    cfg: ScopegateConfig
+    guard: ParseGuard
+    routes: RouteTable
+    resources: ResourceMap
+    policies: dict[str, IssuerPolicy]
+    introspectors: dict[str, Introspector]
+    """Remote issuers with RFC 7662 introspection configured: the only way to learn their revocations."""
+    validator: TokenValidator
+    cache: TokenCache
+    headers: HeaderPlan
+    echo: bool
+    forwarder: Forwarder | None
+
 ECHO = "builtin:echo"
 
 
@@ -65,7 +88,6 @@ class ProxyApp:
         self.now = now
         self._id_prefix = os.urandom(4).hex() + "-"
         self._counter = 0
-        self.forwarder: Forwarder | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         age = getattr(revocation, "age", None)
         if callable(age):
@@ -74,24 +96,32 @@ class ProxyApp:
 
     # ------------------------------------------------------------------------------------------ configuration
 
-    def configure(self, config: ScopegateConfig) -> None:
-        """Build every per-configuration table (start-up and SIGHUP)."""
-        self.cfg = config
-        self.guard = ParseGuard(config.proxy.limits, config.proxy.identity, config.proxy.strip_headers, config.routes)
-        self.routes = RouteTable(config.routes)
-        self.resources = ResourceMap(config)
-        self.policies: dict[str, IssuerPolicy] = build_issuer_policies(config, self.keys)
-        # Remote issuers with RFC 7662 introspection configured: the only way to learn their revocations.
+    def configure(self, config: ScopegateConfig, forwarder: Forwarder | None = None) -> None:
+        """Build every per-configuration table and publish them in one assignment (start-up and SIGHUP).
+        ``forwarder`` None keeps the current upstream pool."""
+        current = getattr(self, "tables", None)
+        policies = build_issuer_policies(config, self.keys)
         find = getattr(self.keys, "introspector", None)
-        self.introspectors: dict[str, Introspector] = {}
+        introspectors: dict[str, Introspector] = {}
         if callable(find):
-            for as_id, policy in self.policies.items():
+            for as_id, policy in policies.items():
                 if not policy.local and (introspector := find(policy.issuer)) is not None:
-                    self.introspectors[as_id] = introspector
-        self.validator = TokenValidator(self.keys, leeway=config.proxy.leeway,
-                                        max_token_bytes=config.proxy.limits.max_token_bytes)
-        self.cache = TokenCache(config.proxy.token_cache_size, self.now)
-        self.headers = HeaderPlan(config)
+                    introspectors[as_id] = introspector
+        routes = RouteTable(config.routes)
+        self.tables = GateTables(
+            cfg=config,
+            guard=ParseGuard(config.proxy.limits, config.proxy.identity, config.proxy.strip_headers, config.routes),
+            routes=routes,
+            resources=ResourceMap(config),
+            policies=policies,
+            introspectors=introspectors,
+            validator=TokenValidator(self.keys, leeway=config.proxy.leeway,
+                                     max_token_bytes=config.proxy.limits.max_token_bytes),
+            cache=TokenCache(config.proxy.token_cache_size, self.now),
+            headers=HeaderPlan(config),
+            echo=config.upstream.url == ECHO,
+            forwarder=forwarder if forwarder is not None else current.forwarder if current is not None else None,
+        )
         watch = getattr(self, "sessions", None)
         if watch is None:
             self.sessions = SessionWatch(self.revocation, self.now, interval=config.revocation.poll_interval,
@@ -100,37 +130,51 @@ class ProxyApp:
             watch.interval = config.revocation.poll_interval
             watch.deny_when_stale = config.revocation.on_stale == "deny"
             watch.check_all()
-        self.echo = config.upstream.url == ECHO
-        self.metrics.prebuild(self.routes.names)
+        self.metrics.prebuild(routes.names)
 
-    def reconfigure(self, config: ScopegateConfig) -> None:
-        """SIGHUP: new tables; the upstream pool is kept unless the upstream itself changed."""
-        old_upstream = self.cfg.upstream
+    @property
+    def cfg(self) -> ScopegateConfig:
+        return self.tables.cfg
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        return self.tables.forwarder
+
+    async def reconfigure(self, config: ScopegateConfig) -> None:
+        """SIGHUP: new tables; the upstream pool is kept unless the upstream itself changed. A new pool is started
+        before the tables that name it are published, so no request pairs the new tables with the old pool; the
+        old pool closes once requests already on it have had ``upstream.timeout`` to finish."""
+        old = self.tables.forwarder
+        if config.upstream == self.tables.cfg.upstream:
+            self.configure(config)
+            return
+        new = None
+        if config.upstream.url != ECHO:
+            new = Forwarder(config)
+            await new.startup()
         self.configure(config)
-        if config.upstream != old_upstream:
-            task = asyncio.ensure_future(self._replace_pool(self.forwarder))
+        self.tables = dataclasses.replace(self.tables, forwarder=new)
+        if old is not None:
+            task = asyncio.ensure_future(self._retire_pool(old, config.upstream.timeout))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _replace_pool(self, old: Forwarder | None) -> None:
-        new = None
-        if not self.echo:
-            new = Forwarder(self.cfg)
-            await new.startup()
-        self.forwarder = new
-        if old is not None:
-            await asyncio.sleep(self.cfg.upstream.timeout)  # let in-flight requests on the old pool finish
-            await old.shutdown()
+    @staticmethod
+    async def _retire_pool(old: Forwarder, grace: float) -> None:
+        await asyncio.sleep(grace)
+        await old.shutdown()
 
     async def startup(self) -> None:
-        if not self.echo and self.forwarder is None:
-            self.forwarder = Forwarder(self.cfg)
-            await self.forwarder.startup()
+        if not self.tables.echo and self.tables.forwarder is None:
+            forwarder = Forwarder(self.tables.cfg)
+            await forwarder.startup()
+            self.tables = dataclasses.replace(self.tables, forwarder=forwarder)
 
     async def shutdown(self) -> None:
-        if self.forwarder is not None:
-            await self.forwarder.shutdown()
-            self.forwarder = None
+        forwarder = self.tables.forwarder
+        if forwarder is not None:
+            self.tables = dataclasses.replace(self.tables, forwarder=None)
+            await forwarder.shutdown()
 
     # ------------------------------------------------------------------------------------------ ASGI
 
@@ -163,7 +207,7 @@ class ProxyApp:
         decision = Decision(f"{self._id_prefix}{self._counter:x}", scope["method"], time.perf_counter(), self.now())
         self.metrics.active += 1
         try:
-            await self._gate(scope, receive, send, decision)
+            await self._gate(self.tables, scope, receive, send, decision)
         except ScopegateError as exc:
             if decision.response_started:
                 raise
@@ -191,26 +235,27 @@ class ProxyApp:
         self._counter += 1
         decision = Decision(f"{self._id_prefix}{self._counter:x}", "GET", time.perf_counter(), self.now())
         self.metrics.active += 1
+        t = self.tables
         try:
             if (await receive())["type"] != "websocket.connect":
                 decision.reason, decision.status = "client_gone", 499
                 return
             # The handshake is a GET (RFC 6455 §4.1); X-Forwarded-Proto names the HTTP scheme it arrived on.
             http_scope = {**scope, "method": "GET", "scheme": "https" if scope.get("scheme") == "wss" else "http"}
-            head, path, verified, _ = await self._authorize(http_scope, receive, decision)
-            if self.forwarder is None or self.forwarder.session is None:
+            head, path, verified, _ = await self._authorize(t, http_scope, receive, decision)
+            if t.forwarder is None or t.forwarder.session is None:
                 raise GateError(502, reasons.UPSTREAM_UNAVAILABLE, "WebSocket upgrades need an HTTP upstream.")
-            headers = self.headers.upstream_headers(head, http_scope, verified, decision.route)
+            headers = t.headers.upstream_headers(head, http_scope, verified, decision.route)
             query = head.query.decode("latin-1")
-            url = self.forwarder.base + path + ("?" + query if query else "")
+            url = t.forwarder.base + path + ("?" + query if query else "")
             started = time.perf_counter()
             try:
-                upstream = await open_upstream(self.forwarder.session, url, headers, subprotocols(scope),
-                                               connect_timeout=self.cfg.upstream.connect_timeout,
-                                               max_message_bytes=self.cfg.proxy.limits.max_body_bytes)
+                upstream = await open_upstream(t.forwarder.session, url, headers, subprotocols(scope),
+                                               connect_timeout=t.cfg.upstream.connect_timeout,
+                                               max_message_bytes=t.cfg.proxy.limits.max_body_bytes)
                 decision.response_started = True
                 decision.status = 101
-                session = None if verified is None else self._watch(head, verified)
+                session = None if verified is None else self._watch(t, head, verified)
                 try:
                     await relay(receive, send, upstream, session.ended if session is not None else None)
                 finally:
@@ -237,10 +282,10 @@ class ProxyApp:
             self.metrics.record(decision)
             self.log.record(decision)
 
-    def _watch(self, head: RequestHead, verified: VerifiedToken) -> Session:
+    def _watch(self, t: GateTables, head: RequestHead, verified: VerifiedToken) -> Session:
         """Watch a relayed session's token: it ends at ``exp`` or on revocation (issue 8 item 11)."""
         recheck = None
-        introspector = self.introspectors.get(verified.as_id)
+        introspector = t.introspectors.get(verified.as_id)
         if introspector is not None:
             token = extract_bearer(head.authorization, other_method=False, realm=verified.as_id)
             recheck = functools.partial(introspector.validate_active, token, jti=str(verified.claims.get("jti", "")),
@@ -259,18 +304,18 @@ class ProxyApp:
 
     # ------------------------------------------------------------------------------------------ the gate
 
-    async def _gate(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
-        head, path, verified, body = await self._authorize(scope, receive, decision)
-        await self._forward(scope, receive, send, head, path, verified, decision, body)                # 10
+    async def _gate(self, t: GateTables, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+        head, path, verified, body = await self._authorize(t, scope, receive, decision)
+        await self._forward(t, scope, receive, send, head, path, verified, decision, body)                # 10
 
-    async def _authorize(self, scope: Scope, receive: Receive, decision: Decision
+    async def _authorize(self, t: GateTables, scope: Scope, receive: Receive, decision: Decision
                          ) -> tuple[RequestHead, str, VerifiedToken | None, RequestBody | None]:
         """Steps 1-9: what forwarding needs (no token for a public route or a CORS preflight), or the denial."""
-        head = self.guard.check(scope)                                  # 1
+        head = t.guard.check(scope)                                  # 1
         path = normalize_path(head.raw_path)                            # 2
         decision.path = path
-        resource = self.resources.resolve(path, head.host)              # 3
-        route = self.routes.match(head.method, path)                    # 4
+        resource = t.resources.resolve(path, head.host)              # 3
+        route = t.routes.match(head.method, path)                    # 4
         if route is None and head.method in EXPLICIT_ONLY:
             raise GateError(405, reasons.METHOD_NOT_ALLOWED, f"No route allows {head.method} here.",
                             headers={"Allow": FORWARDED_METHODS})
@@ -288,16 +333,16 @@ class ProxyApp:
             return head, path, None, None
         if route is None:
             decision.route = UNROUTED
-            if self.cfg.proxy.unrouted != "any_valid_token":
+            if t.cfg.proxy.unrouted != "any_valid_token":
                 raise GateError(403, reasons.NO_ROUTE, "No route allows this method and path.")
 
-        body = self._body(receive, head)
+        body = self._body(t, receive, head)
         token = extract_bearer(head.authorization, other_method=self._token_in_query(head.query),       # 5
                                realm=resource.as_id)
-        verified = await self._verify(token, resource.as_id, decision)                                 # 6, 7
+        verified = await self._verify(t, token, resource.as_id, decision)                                 # 6, 7
         now = self.now()
         if self.revocation.is_stale(now):                                                               # 8
-            if self.cfg.revocation.on_stale == "deny":
+            if t.cfg.revocation.on_stale == "deny":
                 raise GateError(503, reasons.STALE_REVOCATION, "Revocation state is stale; try again shortly.")
             stale = True
         else:
@@ -305,28 +350,28 @@ class ProxyApp:
         if self.revocation.is_revoked(verified.claims):
             raise BearerError("invalid_token", "The access token has been revoked.", realm=resource.as_id,
                               reason=reasons.REVOKED)
-        introspector = self.introspectors.get(resource.as_id)
+        introspector = t.introspectors.get(resource.as_id)
         if introspector is not None:
             await introspector.validate_active(token, jti=str(verified.claims.get("jti", "")), exp=verified.exp)
         if head.form and body is not None:
             # Read only now: a request whose header token fails never makes the proxy wait for or hold its body.
-            body = await self._scanned_form(receive, head, resource.as_id)
+            body = await self._scanned_form(t, receive, head, resource.as_id)
         self._check_scopes(route, verified, resource.as_id)                                             # 9
         # Issue 10 item 3: allowed on ``scope`` although ``scp`` disagreed; the log line says so (bad_claims).
         decision.allow(reasons.STALE_REVOCATION if stale else reasons.BAD_CLAIMS if verified.scope_conflict
                        else reasons.OK)
         return head, path, verified, body
 
-    async def _verify(self, token: str, as_id: str, decision: Decision) -> VerifiedToken:
-        verified = self.cache.get(as_id, token)
+    async def _verify(self, t: GateTables, token: str, as_id: str, decision: Decision) -> VerifiedToken:
+        verified = t.cache.get(as_id, token)
         if verified is not None:
             decision.token_cache = "hit"
             self.metrics.cache_hit.inc()
         else:
             decision.token_cache = "miss"
             self.metrics.cache_miss.inc()
-            verified = await self.validator.validate(token, self.policies[as_id], self.now())
-            self.cache.put(token, verified)
+            verified = await t.validator.validate(token, t.policies[as_id], self.now())
+            t.cache.put(token, verified)
         decision.subject = verified.subject
         decision.client_id = verified.client_id
         decision.scopes = verified.scope_header
@@ -352,51 +397,52 @@ class ProxyApp:
             return False
         return any(name == "access_token" for name, _ in parse_qsl(body.decode("latin-1"), keep_blank_values=True))
 
-    async def _scanned_form(self, receive: Receive, head: RequestHead, realm: str) -> RequestBody:
+    async def _scanned_form(self, t: GateTables, receive: Receive, head: RequestHead, realm: str) -> RequestBody:
         """The form body, read whole (up to ``maxFormScanBytes``) and free of an ``access_token`` field.
 
         RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token in each request". Only a
         whole form can be cleared of a second token, and nothing of it may reach the upstream before, so a form
         over the cap is refused (413) instead of being streamed unsearched."""
-        cap = min(self.cfg.proxy.limits.max_form_scan_bytes, self.cfg.proxy.limits.max_body_bytes)
+        cap = min(t.cfg.proxy.limits.max_form_scan_bytes, t.cfg.proxy.limits.max_body_bytes)
         if head.content_length is not None and head.content_length > cap:
             raise GateError(413, reasons.TOO_LARGE, "A form body sent with a bearer token is too large.", close=True)
-        body = self._body(receive, head, max_bytes=cap)
+        body = self._body(t, receive, head, max_bytes=cap)
         assert body is not None  # the caller saw a body
         if self._token_in_form(await body.read_all()):
             raise BearerError("invalid_request", "The access token was sent in more than one way.", realm=realm,
                               reason=reasons.INVALID_REQUEST)
         return body
 
-    def _body(self, receive: Receive, head: RequestHead, max_bytes: int | None = None) -> RequestBody | None:
+    def _body(self, t: GateTables, receive: Receive, head: RequestHead, max_bytes: int | None = None
+              ) -> RequestBody | None:
         if not head.chunked and not head.content_length:
             return None
-        limits = self.cfg.proxy.limits
+        limits = t.cfg.proxy.limits
         return RequestBody(receive, max_bytes=limits.max_body_bytes if max_bytes is None else max_bytes,
                            deadline=time.monotonic() + limits.read_timeout, length=head.content_length)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, head: RequestHead, path: str,
+    async def _forward(self, t: GateTables, scope: Scope, receive: Receive, send: Send, head: RequestHead, path: str,
                        verified: VerifiedToken | None, decision: Decision, body: RequestBody | None = None) -> None:
         if decision.reason == reasons.PREFLIGHT:
             # Passed without a token, so it carries nothing the client chose beyond the CORS request headers: no
             # body (a preflight has none; an unread one is framed away by the server) and no credentials.
             body = None
-            headers = self.headers.preflight_headers(head, scope)
+            headers = t.headers.preflight_headers(head, scope)
         else:
             if body is None:
-                body = self._body(receive, head)
+                body = self._body(t, receive, head)
             # The route's claim headers; a claim that cannot be sent is a 401 bad_claims before anything is sent.
-            headers = self.headers.upstream_headers(head, scope, verified, decision.route)
+            headers = t.headers.upstream_headers(head, scope, verified, decision.route)
         query = head.query.decode("latin-1")
         target = path + ("?" + query if query else "")
         started = time.perf_counter()
         try:
-            if self.echo:
+            if t.echo:
                 decision.status = await echo(head.method, path, query, headers, body, send)
                 decision.response_started = True
             else:
-                if self.forwarder is None:
+                if t.forwarder is None:
                     raise GateError(503, reasons.UPSTREAM_UNAVAILABLE, "The proxy is not started.")
-                await self.forwarder.forward(head.method, target, headers, body, send, decision)
+                await t.forwarder.forward(head.method, target, headers, body, send, decision)
         finally:
             decision.upstream_duration = time.perf_counter() - started

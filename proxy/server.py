@@ -418,7 +418,7 @@ class Scopegate:
         if self.poller is not None:
             await self.poller.poll_now()
         self.proxy_app.keys = keys
-        self.proxy_app.reconfigure(cfg)
+        await self.proxy_app.reconfigure(cfg)
         self.ctx.config = cfg
         self.cfg = cfg
         if old_keys is not None:

@@ -152,10 +152,6 @@ def test_reload_under_load_fails_no_request_and_mixes_no_configuration(
     assert seen["old"] > 0 and seen["new"] > 0, seen
 
 
-@pytest.mark.xfail(strict=True, reason="proxy/app.py (not this test's owner) reads self.headers, self.cfg and "
-                   "self.introspectors again after the request's first await (the form body, a key fetch, introspection): "
-                   "a reload in between forwards with the new header plan a request routed by the old table. Fix: one "
-                   "snapshot of the per-configuration tables per request. Strict: passes once that is fixed.")
 def test_a_request_waiting_mid_decision_is_decided_by_one_configuration(tmp_path: Path,
                                                                         upstream: RecordingUpstream) -> None:
     """A form POST whose body is still coming when SIGHUP lands (the gate waits for it after matching the route,
