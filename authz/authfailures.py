@@ -48,6 +48,10 @@ class ClientAuthFailures:
         refused = self._windows.admit(self._keys(client_id, source), now)
         return max(r.wait for r in refused) if refused else None
 
+    def fail(self, client_id: str | None, source: str | None, now: float) -> None:
+        """Count a failure of an attempt that took no slot."""
+        self._windows.record(self._keys(client_id, source), now)
+
     def settle(self, client_id: str | None, source: str | None, now: float, *, failed: bool) -> None:
         """Give back the slot ``reserve`` took; a failed attempt stays counted as a failure until the window passes."""
         self._windows.settle(self._keys(client_id, source), now, failed=failed)

@@ -81,7 +81,24 @@ class VerifiedSecrets:
             return False
         with self._lock:
             self._seen[digest] = True
+            self._seen[self._digest(client_id, secret, "")] = True
         return True
+
+    def recently_verified(self, client_id: str, secret: str) -> bool:
+        """True if this client id and secret passed ``verify`` within the TTL, whatever the store holds now.
+
+        Not proof of anything (the secret may have been rotated since: ``verify`` still decides, against the
+        stored hash); it only tells the back-off that this caller is no guesser, so that its concurrent calls
+        do not take the in-flight slots meant to bound guessing (``authz/oauth/authenticate.py``). A guess
+        cannot match: it would have to be the secret."""
+        digest = self._digest(client_id, secret, "")
+        with self._lock:
+            return digest in self._seen
+
+    def forget(self, client_id: str, secret: str) -> None:
+        """Drop ``recently_verified``'s mark (the secret failed: rotated since it passed)."""
+        with self._lock:
+            self._seen.pop(self._digest(client_id, secret, ""), None)
 
 
 VERIFIED = VerifiedSecrets()
@@ -114,6 +131,17 @@ def parse_basic(header: str) -> tuple[str, str]:
     if scheme.lower() != "basic" or not sep or not client_id:
         raise invalid_client(BAD_BASIC, basic=True, reason="malformed_basic")
     return unquote_plus(client_id), unquote_plus(secret)
+
+
+def presented_secret(authorization: str | None, form: Mapping[str, str]) -> tuple[str, str] | None:
+    """The client id and secret a request presents (Basic header or form), if it presents exactly those."""
+    if authorization and authorization.strip().lower().startswith("basic"):
+        try:
+            return parse_basic(authorization)
+        except OAuthError:
+            return None
+    client_id, secret = form.get("client_id"), form.get("client_secret")
+    return (client_id, secret) if client_id and secret else None
 
 
 def named_client_id(authorization: str | None, form: Mapping[str, str]) -> str | None:

@@ -71,24 +71,32 @@ class FailureWindows:
     def settle(self, limits: Sequence[tuple[Hashable, int]], now: float, *, failed: bool) -> list[Hashable]:
         """Give back the slots ``admit`` took; a failed attempt stays counted until the window passes. Returns
         the keys whose failures this attempt brought exactly to their limit (the moment of a lockout)."""
-        reached: list[Hashable] = []
         with self._lock:
-            for key, limit in limits:
+            for key, _ in limits:
                 count = self._in_flight.get(key, 0) - 1
                 if count > 0:
                     self._in_flight[key] = count
                 else:
                     self._in_flight.pop(key, None)
-                if failed:
-                    times = self._recent(key, now)
-                    if times is None:
-                        times = deque()
-                    self._failures[key] = times
-                    times.append(now)
-                    while len(times) > limit:  # only the last ``limit`` failures can ever decide a wait
-                        times.popleft()
-                    if len(times) == limit:
-                        reached.append(key)
+            return self._record(limits, now) if failed else []
+
+    def record(self, limits: Sequence[tuple[Hashable, int]], now: float) -> list[Hashable]:
+        """Count a failure of an attempt that took no slot (``settle``'s return value)."""
+        with self._lock:
+            return self._record(limits, now)
+
+    def _record(self, limits: Sequence[tuple[Hashable, int]], now: float) -> list[Hashable]:
+        reached: list[Hashable] = []
+        for key, limit in limits:
+            times = self._recent(key, now)
+            if times is None:
+                times = deque()
+            self._failures[key] = times
+            times.append(now)
+            while len(times) > limit:  # only the last ``limit`` failures can ever decide a wait
+                times.popleft()
+            if len(times) == limit:
+                reached.append(key)
         return reached
 
 
