@@ -676,11 +676,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loads.append(os.getloadavg()[0])
                 print(f"  round {number + 1}/{args.rounds} {scenario.key:>3} {scenario.runs[-1].rps:>10.0f} req/s",
                       file=sys.stderr, flush=True)
+            rss.setdefault("rounds", []).append((tree_rss_bytes(gate.pid), gate.served))
             if number == 0:
-                rss["after_round_1"] = (tree_rss_bytes(gate.pid), gate.served)
+                rss["after_round_1"] = rss["rounds"][0]
 
         # RSS: top the main process up to --soak-requests with rotating tokens, reading RSS as it goes.
-        soak: list[tuple[int, int]] = [rss["after_round_1"]]
+        soak: list[tuple[int, int]] = list(rss["rounds"])
         while gate.served < args.soak_requests:
             rate = median([r.rps for r in by_key["6"].runs]) or 1000.0
             seconds = int(max(1, min(30, (args.soak_requests - gate.served) / rate + 1)))
@@ -835,7 +836,7 @@ def render(args: argparse.Namespace, info: dict[str, Any], scenarios: Sequence[S
         f"| after {rss['after_soak'][1]:,} requests | {rss['after_soak'][0] / 1e6:.1f} |",
         f"| with {rss['cached'][1]:,} tokens in the verified-token cache | {rss['cached'][0] / 1e6:.1f} |",
         "",
-        "RSS as the soak went (requests served → MB): "
+        "RSS after each round, then as the soak went (requests served → MB): "
         + ", ".join(f"{served:,} → {size / 1e6:.1f}" for size, served in rss["soak"]) + ".",
         "",
         "| target (issue 11) | limit | this run: median (min–max of rounds) | | beside it: the ratio by CPU µs/req, or the machine's own |",
