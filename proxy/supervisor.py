@@ -11,7 +11,7 @@ poller and revocation state, verified-token cache and metrics registry. The supe
 - starts the workers, restarts one that dies (with a back-off), and passes SIGTERM, SIGINT and SIGHUP on;
 - on SIGHUP, validates and reconciles the new file once, then has every worker load exactly that text.
 
-The ports are shared through SO_REUSEPORT, one listening socket per worker and port, rather than one socket
+The ports are shared through SO_REUSEPORT, one socket per worker and port (it listens once the worker serves), rather than one socket
 inherited by every worker. With one shared socket, the worker whose loop wakes first accepts whatever is
 queued, so the long-lived keep-alive connections of a client pool (64 from ``wrk -c64``, the connections a
 service mesh keeps open) pile onto one worker and stay there; the kernel spreads SO_REUSEPORT connections over
@@ -211,11 +211,14 @@ def bind_anchor(name: str, address: str) -> socket.socket:
 
 
 def listen_beside(anchor: socket.socket) -> socket.socket:
-    """A listening socket on the anchor's address, for one worker."""
+    """A socket bound beside the anchor, for one worker, which listens on it once it serves (uvicorn's
+    ``create_server`` does). Not listening before: a listening socket joins the kernel's SO_REUSEPORT group at once,
+    so a starting worker (imports, store, keys: seconds on a busy machine) would be dealt connections it cannot
+    accept yet, and had it failed to start, they were reset with its socket (seen as a ConnectionResetError right
+    after a worker was killed, in a CI run at load average 10+). Bound only, it gets none until it serves."""
     sock = _reuseport_socket(anchor.family)
     try:
         sock.bind(anchor.getsockname())
-        sock.listen(2048)
     except OSError:
         sock.close()
         raise
