@@ -332,36 +332,42 @@ class SqlStore(ABC):
 
     # --- transactions --------------------------------------------------------------------------------
 
+    def _writer_turn(self) -> AbstractContextManager[object]:
+        """Held from BEGIN to COMMIT or ROLLBACK of an outermost transaction; a dialect may queue its writers."""
+        return nullcontext()
+
     @contextmanager
     def _transaction(self) -> Iterator[SqlTx]:
         state = self._state
         with self._guard():
             conn = self._connection()
             name = f"sp{state.depth}"
-            if state.depth == 0:
-                self._begin(conn)
-                state.changed = False
-            else:
-                self._exec(conn, f"SAVEPOINT {name}")
-            state.depth += 1
-            try:
-                yield SqlTx(self, conn)
-            except BaseException:
-                state.depth -= 1
+            turn = self._writer_turn() if state.depth == 0 else nullcontext()
+            with turn:
                 if state.depth == 0:
-                    self._rollback_quietly(conn, "ROLLBACK")
+                    self._begin(conn)
+                    state.changed = False
                 else:
-                    self._rollback_quietly(conn, f"ROLLBACK TO SAVEPOINT {name}")
-                raise
-            state.depth -= 1
-            if state.depth:
-                self._exec(conn, f"RELEASE SAVEPOINT {name}")
-                return
-            try:
-                self._exec(conn, "COMMIT")
-            except BaseException:
-                self._rollback_quietly(conn, "ROLLBACK")
-                raise
+                    self._exec(conn, f"SAVEPOINT {name}")
+                state.depth += 1
+                try:
+                    yield SqlTx(self, conn)
+                except BaseException:
+                    state.depth -= 1
+                    if state.depth == 0:
+                        self._rollback_quietly(conn, "ROLLBACK")
+                    else:
+                        self._rollback_quietly(conn, f"ROLLBACK TO SAVEPOINT {name}")
+                    raise
+                state.depth -= 1
+                if state.depth:
+                    self._exec(conn, f"RELEASE SAVEPOINT {name}")
+                    return
+                try:
+                    self._exec(conn, "COMMIT")
+                except BaseException:
+                    self._rollback_quietly(conn, "ROLLBACK")
+                    raise
             if state.changed:
                 with self._changed:
                     self._change_count += 1
