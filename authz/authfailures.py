@@ -48,6 +48,13 @@ class ClientAuthFailures:
         refused = self._windows.admit(self._keys(client_id, source), now)
         return max(r.wait for r in refused) if refused else None
 
+    def locked_out(self, client_id: str | None, source: str | None, now: float) -> float | None:
+        """The seconds until this client_id and source may try again if their failures reached a limit, else None.
+        For an attempt that takes no slot (a recently verified secret): failures lock it out, attempts in flight
+        do not."""
+        refused = self._windows.locked(self._keys(client_id, source), now)
+        return max(r.wait for r in refused) if refused else None
+
     def fail(self, client_id: str | None, source: str | None, now: float) -> None:
         """Count a failure of an attempt that took no slot."""
         self._windows.record(self._keys(client_id, source), now)

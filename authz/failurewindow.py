@@ -68,6 +68,17 @@ class FailureWindows:
                     self._in_flight[key] = self._in_flight.get(key, 0) + 1
         return refused
 
+    def locked(self, limits: Sequence[tuple[Hashable, int]], now: float) -> list[Refused]:
+        """The keys whose recorded failures alone reach their limit (attempts in flight not counted), with waits."""
+        refused: list[Refused] = []
+        with self._lock:
+            for key, limit in limits:
+                times = self._recent(key, now)
+                failed = len(times) if times else 0
+                if times and failed >= limit:
+                    refused.append(Refused(key, max(times[failed - limit] + self.window - now, 1e-3)))
+        return refused
+
     def settle(self, limits: Sequence[tuple[Hashable, int]], now: float, *, failed: bool) -> list[Hashable]:
         """Give back the slots ``admit`` took; a failed attempt stays counted until the window passes. Returns
         the keys whose failures this attempt brought exactly to their limit (the moment of a lockout)."""
