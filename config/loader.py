@@ -56,8 +56,8 @@ def format_path(path: Path) -> str:
     return out
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> ScopegateConfig:
-    """Load and validate a config file; ``None`` loads the default config shipped in the package."""
+def read_config_text(path: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """A config file's text and its name for messages; ``None`` is the default config shipped in the package."""
     if path is None:
         text = resources.files("config").joinpath(DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
         source = f"<default config {DEFAULT_CONFIG_NAME}>"
@@ -69,6 +69,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             raise ConfigError(source, [ConfigIssue((), f"cannot read the file: {exc.strerror or exc}")]) from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(source, [ConfigIssue((), f"the file is not UTF-8 text: {exc}")]) from exc
+    return text, source
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> ScopegateConfig:
+    """Load and validate a config file; ``None`` loads the default config shipped in the package."""
+    text, source = read_config_text(path)
     return parse_config(text, source, os.environ if env is None else env)
 
 

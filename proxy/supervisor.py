@@ -48,7 +48,7 @@ from authz.reconcile import ReconcileReport, reconcile
 from authz.store import open_store
 from authz.syslog import SystemLog
 from config import ConfigError
-from config.loader import DEFAULT_CONFIG_NAME, parse_config
+from config.loader import parse_config, read_config_text
 from config.schema import ScopegateConfig
 
 ENV = "SCOPEGATE_WORKER"
@@ -166,21 +166,7 @@ def resolve_workers(value: int | str) -> int:
 
 def read_config(path: str | None) -> tuple[str, str, ScopegateConfig]:
     """The config file's text, its name for messages and the validated config (``ConfigError`` when invalid)."""
-    from importlib import resources
-
-    from config.loader import ConfigIssue
-
-    if path is None:
-        text = resources.files("config").joinpath(DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
-        source = f"<default config {DEFAULT_CONFIG_NAME}>"
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(source, [ConfigIssue((), f"cannot read the file: {exc.strerror or exc}")]) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(source, [ConfigIssue((), f"the file is not UTF-8 text: {exc}")]) from exc
+    text, source = read_config_text(path)
     return text, source, parse_config(text, source, os.environ)
 
 
